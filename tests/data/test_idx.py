@@ -20,11 +20,7 @@ from sparse_eoc.data import (
     read_idx,
 )
 
-MNIST_DIR = Path("/work/shared/data/mnist")
-needs_mnist = pytest.mark.skipif(
-    not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"real MNIST not found in {MNIST_DIR}",
-)
+
 
 # ---------------------------------------------------------------- helpers
 
@@ -317,11 +313,10 @@ def test_data_is_frozen(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mnist() -> MNISTData:
-    return load_mnist(MNIST_DIR)
+def mnist(mnist_dir) -> MNISTData:
+    return load_mnist(mnist_dir)
 
 
-@needs_mnist
 def test_real_mnist_shapes_and_labels(mnist):
     assert mnist.x_train.shape == (60000, 784) and mnist.x_test.shape == (10000, 784)
     assert mnist.y_train.shape == (60000,) and mnist.y_test.shape == (10000,)
@@ -334,7 +329,6 @@ def test_real_mnist_shapes_and_labels(mnist):
                                                               892, 958, 1028, 974, 1009])
 
 
-@needs_mnist
 def test_real_mnist_standardisation(mnist):
     # the textbook MNIST constants, 0.1307 and 0.3081
     assert mnist.mean == pytest.approx(0.1307, abs=5e-5)
@@ -349,19 +343,17 @@ def test_real_mnist_standardisation(mnist):
     assert mnist.x_train.max() == pytest.approx((1 - mnist.mean) / mnist.std, rel=1e-6)
 
 
-@needs_mnist
-def test_real_mnist_matches_canonical_md5():
+def test_real_mnist_matches_canonical_md5(mnist_dir):
     # README: md5 of the uncompressed files; rebuild them from what read_idx returned
     for name, md5 in [("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637"),
                       ("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea")]:
-        a = read_idx(find_idx_file(MNIST_DIR, name))
+        a = read_idx(find_idx_file(mnist_dir, name))
         assert hashlib.md5(idx_bytes(a)).hexdigest() == md5, name
 
 
-@needs_mnist
-def test_real_mnist_raw_files(tmp_path, mnist):
+def test_real_mnist_raw_files(tmp_path, mnist, mnist_dir):
     for name in MNIST_FILES.values():
-        with gzip.open(MNIST_DIR / f"{name}.gz") as src, open(tmp_path / name, "wb") as dst:
+        with gzip.open(mnist_dir / f"{name}.gz") as src, open(tmp_path / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
     raw = load_mnist(tmp_path)
     np.testing.assert_array_equal(raw.x_train, mnist.x_train)

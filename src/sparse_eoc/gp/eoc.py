@@ -53,6 +53,10 @@ DEFAULT_SLOPE = 0.7
 RELU_SPARSITY = 0.5
 #: |V'(q) - 1| below this counts as V'(q) = 1 (a tangent, half-stable fixed point).
 SLOPE_TOL = 1e-7
+#: An extremum of V(q) - q within this relative round-off of 0 is a tangent (double) root.
+#: Near round-off, not looser: two simple roots a distance d apart around an extremum
+#: give |V - q| ~ V'' d^2 / 8 there (about 7e-10 for crelu s = 0.85, m = 4, d = 8e-5).
+TANGENT_RTOL = 1e-13
 
 
 class NoEoCPointError(ValueError):
@@ -296,9 +300,10 @@ def fixed_points(
 ) -> list[FixedPoint]:
     """All fixed points of V on (0, inf), ascending, each classified (THEORY.md section 4).
 
-    Method: sign changes of V(q) - q on a log grid over [q_min, q_max], refined by
-    Brent's method; tangent (double) roots, which do not change sign, are found by
-    bracketing V'(q) - 1 and keeping those where V(q) - q vanishes to round-off.
+    Method: the extrema of V(q) - q (roots of V'(q) - 1 bracketed on a log grid over
+    [q_min, q_max]) are added to the grid, then sign changes of V(q) - q on it are
+    refined by Brent's method; tangent (double) roots, which do not change sign, are
+    the extrema where V(q) - q vanishes to round-off.
     Plain ReLU on its EoC point (tau = 0, sigma_w2 = 2, sigma_b2 = 0) has V(q) = q
     for every q: returned as one entry at q = 1 with stability ``neutral`` and a note.
 
@@ -333,14 +338,23 @@ def fixed_points(
     def dg(q: float) -> float:
         return float(variance_map_derivative(q, params)) - 1.0
 
-    roots: list[float] = list(grid[gap == 0])
-    for i in np.nonzero(np.sign(gap[:-1]) * np.sign(gap[1:]) < 0)[0]:
-        roots.append(optimize.brentq(g, grid[i], grid[i + 1], xtol=1e-15, rtol=1e-14))
+    # The extrema of V(q) - q. Two roots closer together than a grid cell (q* and the
+    # unstable fixed point just above it when V'(q*) is near 1) make no sign change on
+    # the grid; V(q) - q is monotone between consecutive extrema, so splitting the grid
+    # at them exposes both. An extremum where V(q) - q vanishes is a tangent root.
     slope_gap = variance_map_derivative(grid, params) - 1.0
-    for i in np.nonzero(np.sign(slope_gap[:-1]) * np.sign(slope_gap[1:]) < 0)[0]:
-        q = optimize.brentq(dg, grid[i], grid[i + 1], xtol=1e-15, rtol=1e-14)
-        if abs(g(q)) <= 1e-9 * q:
-            roots.append(q)
+    critical = [
+        optimize.brentq(dg, grid[i], grid[i + 1], xtol=1e-15, rtol=1e-14)
+        for i in np.nonzero(np.sign(slope_gap[:-1]) * np.sign(slope_gap[1:]) < 0)[0]
+    ]
+    tangent = [q for q in critical if abs(g(q)) <= TANGENT_RTOL * q]
+    fine = np.union1d(grid, critical)
+    gap = variance_map(fine, params) - fine
+    crossings = list(fine[gap == 0])
+    for i in np.nonzero(np.sign(gap[:-1]) * np.sign(gap[1:]) < 0)[0]:
+        crossings.append(optimize.brentq(g, fine[i], fine[i + 1], xtol=1e-15, rtol=1e-14))
+    # A tangent root may also show up as two crossings a round-off apart: keep the tangent one.
+    roots = tangent + [q for q in crossings if all(abs(q - t) > 1e-6 * q for t in tangent)]
 
     roots.sort()
     merged: list[float] = []

@@ -1,0 +1,169 @@
+"""Training-step cost of a metered sparse MLP against a plain ReLU MLP of the same shape.
+
+Model A: ``SparseMLP`` (default CReLU at sparsity 0.85, V'(q*) = 0.5, q* = 1, EoC
+init) with a :class:`~sparse_eoc.nn.SparsityMeter` attached. Model B: an
+``nn.Sequential`` of ``nn.Linear`` + ``nn.ReLU`` of the same depth and width
+(EoC ReLU init, sigma_w^2 = 2, sigma_b^2 = 0). A step is forward, cross-entropy,
+backward and an SGD-with-momentum update on a batch of random N(0, 1) inputs
+(784 features) and random labels (10 classes). Both models live in the same
+process and are timed alternately (A, B, A, B, ...) after a warm-up, so drift
+on a noisy machine hits both.
+
+Modes:
+    default    per-step times; ratio = median(A) / median(B)
+    --epoch    whole passes over ``--examples`` random examples, alternating A, B
+               for ``--epoch-repeats`` passes each; ratio = median(A) / median(B)
+
+The last line printed is always ``ratio: X`` (3 decimals) for the mode run.
+
+    PYTHONPATH=src python benchmarks/train_step.py [--epoch] [--steps 100] [--no-meter]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparse_eoc.nn import SparseMLP, SparsityMeter, init_mlp_eoc_, input_weight_variance
+
+# Fallback if sparse_eoc.gp is unavailable: THEORY.md section 4, CReLU, s = 0.85, V'(q*) = 0.5, q* = 1.
+FALLBACK = {"crelu": dict(tau=1.0364, m=0.8095, sigma_w2=8.5069, sigma_b2=0.6605)}
+
+
+def eoc_params(activation: str, sparsity: float, slope: float) -> dict:
+    """(tau, m, sigma_w2, sigma_b2) from the GP solver, or the pinned fallback values."""
+    try:
+        from sparse_eoc.gp import solve_eoc
+
+        clipped = activation in ("crelu", "cst")
+        p = solve_eoc(activation, sparsity, 1.0, slope=slope if clipped else None)
+        return dict(tau=p.tau, m=p.m, sigma_w2=p.sigma_w2, sigma_b2=p.sigma_b2)
+    except ImportError:
+        return FALLBACK[activation]
+
+
+def relu_sequential(in_features: int, num_classes: int, depth: int, width: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(in_features if i == 0 else width, width), nn.ReLU()]
+    layers.append(nn.Linear(width, num_classes))
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                layer.weight.normal_(0.0, math.sqrt(2.0 / layer.in_features))
+                layer.bias.zero_()
+    return model
+
+
+def make_step(model: nn.Module, lr: float):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def time_steps(step_a, step_b, x, y, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    for _ in range(warmup):
+        step_a(x, y)
+        step_b(x, y)
+    ta, tb = [], []
+    for _ in range(steps):
+        for step, times in ((step_a, ta), (step_b, tb)):
+            t0 = time.perf_counter()
+            step(x, y)
+            times.append(time.perf_counter() - t0)
+    return ta, tb
+
+
+def time_epochs(step_a, step_b, xs, ys, batch: int, repeats: int) -> tuple[list[float], list[float]]:
+    n = xs.shape[0]
+
+    def epoch(step, gen):
+        perm = torch.randperm(n, generator=gen)  # (n,)
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            idx = perm[i:i + batch]  # (batch,)
+            step(xs[idx], ys[idx])
+        return time.perf_counter() - t0
+
+    ta, tb = [], []
+    for r in range(repeats):
+        ta.append(epoch(step_a, torch.Generator().manual_seed(r)))
+        tb.append(epoch(step_b, torch.Generator().manual_seed(r)))
+    return ta, tb
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--activation", default="crelu")
+    p.add_argument("--sparsity", type=float, default=0.85)
+    p.add_argument("--slope", type=float, default=0.5, help="target V'(q*) for crelu/cst")
+    p.add_argument("--depth", type=int, default=30)
+    p.add_argument("--width", type=int, default=300)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps per model")
+    p.add_argument("--steps", type=int, default=100, help="timed steps per model (>= 50)")
+    p.add_argument("--epoch", action="store_true", help="time whole epochs instead of steps")
+    p.add_argument("--examples", type=int, default=60000, help="examples per epoch (--epoch)")
+    p.add_argument("--epoch-repeats", type=int, default=3, help="epochs per model (--epoch)")
+    p.add_argument("--no-meter", action="store_true", help="run model A without sparsity metering")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    torch.manual_seed(args.seed)
+    in_features, num_classes = 784, 10
+    prm = eoc_params(args.activation, args.sparsity, args.slope)
+    model_a = SparseMLP(in_features, num_classes, args.depth, args.width, args.activation, prm["tau"], prm["m"])
+    sw2_in = input_weight_variance(1.0, prm["sigma_b2"], 1.0)  # inputs N(0, 1): q^1 = q* = 1
+    init_mlp_eoc_(model_a, prm["sigma_w2"], prm["sigma_b2"], input_sigma_w2=sw2_in)
+    meter = SparsityMeter()
+    if not args.no_meter:
+        model_a.meter = meter
+    model_b = relu_sequential(in_features, num_classes, args.depth, args.width)
+    step_a, step_b = make_step(model_a, args.lr), make_step(model_b, args.lr)
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"A: {args.activation} tau={prm['tau']:.4f} m={prm['m']:.4f} depth={args.depth} width={args.width} "
+          f"meter={'off' if args.no_meter else 'on'};  B: nn.Sequential(Linear, ReLU)")
+
+    if args.epoch:
+        xs = torch.randn(args.examples, in_features)  # (N, 784)
+        ys = torch.randint(0, num_classes, (args.examples,))  # (N,)
+        x, y = xs[: args.batch], ys[: args.batch]
+        time_steps(step_a, step_b, x, y, args.warmup, 0)
+        ta, tb = time_epochs(step_a, step_b, xs, ys, args.batch, args.epoch_repeats)
+        unit, scale = "s/epoch", 1.0
+    else:
+        x = torch.randn(args.batch, in_features)  # (B, 784)
+        y = torch.randint(0, num_classes, (args.batch,))  # (B,)
+        ta, tb = time_steps(step_a, step_b, x, y, args.warmup, args.steps)
+        unit, scale = "ms/step", 1e3
+    ma, mb = statistics.median(ta), statistics.median(tb)
+    print(f"A median {ma * scale:.3f} {unit} (min {min(ta) * scale:.3f}), "
+          f"B median {mb * scale:.3f} {unit} (min {min(tb) * scale:.3f}), n={len(ta)} each")
+    if not args.no_meter:
+        print(f"A sparsity over {meter.num_examples} examples: overall {meter.overall():.4f}, "
+              f"layers 1/{args.depth}: {meter.per_layer()[0]:.4f}/{meter.per_layer()[-1]:.4f}")
+    model_a.meter = None
+    with torch.no_grad():
+        losses = [F.cross_entropy(m(x), y).item() for m in (model_a, model_b)]
+    print(f"final loss A {losses[0]:.4f}, B {losses[1]:.4f}")
+    print(f"ratio: {ma / mb:.3f}")
+
+
+if __name__ == "__main__":
+    main()

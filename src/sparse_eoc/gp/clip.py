@@ -1,0 +1,334 @@
+"""Choosing the clip m of CReLU/CST: slope, curvature and the bifurcation of V (THEORY.md 4.2-4.5).
+
+On the EoC of a clipped activation (chi1(q*) = 1, V(q*) = q*) the clip m sets:
+
+- the slope V'(q*), rising monotonically from 0 (m -> 0) to 1 (m -> inf): q* is stable
+  from both sides for every finite m (THEORY.md 4.2);
+- the curvature V''(q*), which is *not* monotone in m: it first dips below 0, then
+  rises towards its positive ReLU_tau/ST_tau limit. We report it scale-free as
+  kappa = q* V''(q*) (invariant under (q*, tau, m) -> (c q*, sqrt(c) tau, sqrt(c) m));
+- past a bifurcation m_b, V has two more fixed points above q* (a saddle-node: an
+  unstable one just above q* and a stable one far above); finite-width fluctuations
+  can then jump to the far one (THEORY.md 4.3).
+
+The paper's failing run, CReLU at s = 0.85 with V'(q*) = 0.9 (m = 1.74), is below the
+bifurcation (m_b ~ 1.83) but has kappa ~ 0.41; its working run (V'(q*) = 0.5, m = 0.81)
+has kappa ~ -0.16. :func:`recommend_clip` therefore caps the slope, keeps m a margin
+below m_b and caps kappa (default 0.25, our heuristic threshold between those two runs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from sparse_eoc.activations import get_activation
+from sparse_eoc.gp.eoc import EoCPoint, _check_q_star, _m_for_slope, fixed_points, solve_eoc, tau_from_sparsity
+from sparse_eoc.gp.maps import _one_sided, variance_map, variance_map_derivative
+
+__all__ = [
+    "ClipRecommendation",
+    "slope_and_curvature_vs_m",
+    "bifurcation_m",
+    "recommend_clip",
+    "check_clip",
+    "eoc_points_at_fixed_m",
+]
+
+#: Grid of the scan for the bifurcation: points per decade of m / sqrt(q*), from M_SCAN_MIN.
+M_SCAN_PER_DECADE = 60
+M_SCAN_MIN = 0.05
+#: Default upper end of the scan, in units of sqrt(q*). Past ~6 sqrt(q*), V'(q*) = 1 to
+#: round-off and the map is ReLU_tau/ST_tau near q*.
+M_MAX = 8.0
+
+
+def _check_clipped(activation: str) -> str:
+    act = get_activation(activation)
+    if not act.clipped:
+        raise ValueError(f"activation must be a clipped one (crelu or cst), got activation={activation!r}")
+    return act.name
+
+
+def slope_and_curvature_vs_m(activation: str, sparsity: float, q_star: float, m) -> tuple[np.ndarray, np.ndarray]:
+    """V'(q*) and V''(q*) on the EoC as functions of the clip m (THEORY.md 4.2-4.3).
+
+    On the EoC sigma_w2 = 1 / (k P(q*)), so V'(q*) = A'(q*) / P(q*) and V''(q*) = A''(q*) / P(q*).
+
+    Args:
+        activation: ``crelu`` or ``cst``.
+        sparsity: the target sparsity s (range as in :func:`~sparse_eoc.gp.eoc.tau_from_sparsity`).
+        q_star: the fixed point q*, > 0.
+        m: the clip, > 0 (inf allowed: the unclipped limit); scalar or array of any shape.
+
+    Returns:
+        (slope, curvature), each of the shape of ``m``: V'(q*) in (0, 1] (no unit) and
+        V''(q*) in units of 1 / q* (multiply by q* for the scale-free kappa).
+
+    Raises:
+        ValueError: an unclipped activation, a bad sparsity or q_star, or m <= 0.
+    """
+    name = _check_clipped(activation)
+    q_star = _check_q_star(q_star)
+    tau = tau_from_sparsity(name, sparsity, q_star)
+    m = np.asarray(m, dtype=float)
+    if not np.all(m > 0):
+        raise ValueError(f"m must be > 0 (inf means unclipped), got m={m!r}")
+    slope, curvature = np.empty_like(m), np.empty_like(m)
+    q = np.asarray(q_star)
+    for idx, mi in np.ndenumerate(m):
+        p = _one_sided(q, tau, float(mi), -1)
+        slope[idx] = _one_sided(q, tau, float(mi), 1) / p
+        curvature[idx] = _one_sided(q, tau, float(mi), 2) / p
+    return slope, curvature
+
+
+def _saddle_gap(name: str, sparsity: float, q_star: float, m: float) -> float:
+    """(V(q2) - q2) / q2 at the local maximum q2 > q* of V(q) - q on the EoC for m; -1 if none.
+
+    Positive exactly when V has fixed points above q*; continuous in m near the bifurcation.
+    """
+    p = solve_eoc(name, sparsity, q_star, m=m)
+    v_inf = p.sigma_b2 + p.k * p.sigma_w2 * m * m  # sup V: every fixed point lies below it
+    if v_inf <= q_star:
+        return -1.0
+    grid = np.geomspace(q_star, 1.01 * v_inf, 400)[1:]
+    d = variance_map_derivative(grid, p) - 1.0
+    # V' - 1 < 0 just above q*; the local max of V - q is where it next falls back through 0.
+    up = np.nonzero((d[:-1] < 0) & (d[1:] >= 0))[0]
+    if up.size == 0:
+        return -1.0
+    down = np.nonzero((d[:-1] > 0) & (d[1:] <= 0) & (np.arange(d.size - 1) >= up[0]))[0]
+    if down.size == 0:
+        return -1.0
+    i = down[0]
+    q2 = optimize.brentq(lambda q: float(variance_map_derivative(q, p)) - 1.0, grid[i], grid[i + 1], xtol=1e-14)
+    return float(variance_map(q2, p)) / q2 - 1.0
+
+
+def bifurcation_m(activation: str, sparsity: float, q_star: float = 1.0, *, m_max: float | None = None) -> float | None:
+    """The smallest clip m at which V on the EoC has more than one fixed point (THEORY.md 4.3).
+
+    Method: the saddle-node appears when the local maximum of V(q) - q above q* reaches 0.
+    Its height, a smooth function of m, is scanned on a log grid of m from
+    0.05 sqrt(q*) to m_max (60 points per decade), and its first sign change is refined by
+    Brent's method: the result is accurate to about 1e-9 (tests check V has one fixed
+    point at m_b - 1e-3 and three at m_b + 1e-3). A window of extra fixed points
+    narrower than the scan step, or one below 0.05 sqrt(q*), would be missed; none was
+    found in scans of crelu/cst over s in [0.5, 0.95].
+
+    Args:
+        activation: ``crelu`` or ``cst``.
+        sparsity: the target sparsity s.
+        q_star: the fixed point q*, > 0; m_b scales as sqrt(q*).
+        m_max: the end of the scan, > 0.05 sqrt(q*); default 8 sqrt(q*).
+
+    Returns:
+        m_b, or None when V keeps a single fixed point up to m_max (e.g. crelu at s = 0.5,
+        i.e. tau = 0).
+
+    Raises:
+        ValueError: an unclipped activation, a bad sparsity, q_star or m_max.
+    """
+    name = _check_clipped(activation)
+    q_star = _check_q_star(q_star)
+    lo_m = M_SCAN_MIN * math.sqrt(q_star)
+    m_max = M_MAX * math.sqrt(q_star) if m_max is None else float(m_max)
+    if not (math.isfinite(m_max) and m_max > lo_m):
+        raise ValueError(f"m_max must be finite and > {lo_m:.6g} (0.05 sqrt(q_star)), got m_max={m_max!r}")
+    n = max(2, int(math.ceil(M_SCAN_PER_DECADE * math.log10(m_max / lo_m))) + 1)
+    grid = np.geomspace(lo_m, m_max, n)
+
+    def gap(m: float) -> float:
+        return _saddle_gap(name, sparsity, q_star, m)
+
+    prev = gap(grid[0])
+    if prev >= 0:
+        return float(grid[0])
+    for m0, m1 in zip(grid[:-1], grid[1:]):
+        cur = gap(m1)
+        if cur >= 0:
+            return float(optimize.brentq(gap, m0, m1, xtol=1e-12, rtol=1e-12)) if cur > 0 else float(m1)
+    return None
+
+
+@dataclass(frozen=True)
+class ClipRecommendation:
+    """The clip :func:`recommend_clip` picks, with the numbers behind it.
+
+    Attributes:
+        m: the clip (absolute, in the units of the pre-activations).
+        slope: V'(q*) on the EoC at m.
+        curvature: V''(q*), units 1/q*.
+        scaled_curvature: kappa = q* V''(q*), scale-free.
+        bifurcation_m: m_b from :func:`bifurcation_m`, or None when there is none below m_max.
+        binding: the constraint that fixed m: ``max_slope``, ``margin`` or ``kappa``.
+        reason: one sentence saying so.
+    """
+
+    m: float
+    slope: float
+    curvature: float
+    scaled_curvature: float
+    bifurcation_m: float | None
+    binding: str
+    reason: str
+
+
+def recommend_clip(
+    activation: str,
+    sparsity: float,
+    q_star: float = 1.0,
+    *,
+    max_slope: float = 0.9,
+    margin: float = 0.9,
+    kappa: float = 0.25,
+) -> ClipRecommendation:
+    """The clip with the largest slope V'(q*) that passes three stability checks (THEORY.md 4.2-4.4).
+
+    m is the largest clip with V'(q*) <= max_slope, m <= margin x m_b (no such
+    cap when there is no bifurcation), and kappa = q* V''(q*) <= kappa. Since V'(q*) is
+    increasing in m, that is the largest slope allowed. kappa(m) is not monotone: the
+    search scans [1e-4 sqrt(q*), m_cap] (50 points per decade, then Brent) for the
+    largest m with kappa(m) <= kappa.
+
+    Args:
+        activation: ``crelu`` or ``cst``.
+        sparsity: the target sparsity s.
+        q_star: the fixed point q*, > 0.
+        max_slope: the largest V'(q*) wanted, in (0, 1) (paper's settings: 0.5, 0.7, 0.9).
+        margin: the fraction of m_b m may reach, in (0, 1].
+        kappa: the cap on q* V''(q*), a float (0.25: the paper's failing CReLU run at
+            s = 0.85, V' = 0.9 has 0.41; its V' = 0.5 run has -0.16).
+
+    Returns:
+        A :class:`ClipRecommendation`.
+
+    Raises:
+        ValueError: an unclipped activation, a bad sparsity or q_star, max_slope outside
+            (0, 1), margin outside (0, 1], or a non-finite kappa.
+    """
+    name = _check_clipped(activation)
+    q_star = _check_q_star(q_star)
+    if not 0 < max_slope < 1:
+        raise ValueError(f"max_slope must be in (0, 1), got max_slope={max_slope!r}")
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin must be in (0, 1], got margin={margin!r}")
+    if not math.isfinite(kappa):
+        raise ValueError(f"kappa must be a finite number, got kappa={kappa!r}")
+
+    m_b = bifurcation_m(name, sparsity, q_star)
+    caps = {"max_slope": _m_for_slope(name, sparsity, q_star, max_slope)}
+    if m_b is not None:
+        caps["margin"] = margin * m_b
+    binding = min(caps, key=caps.get)
+    m_cap = caps[binding]
+
+    def excess(m: float) -> float:
+        return float(slope_and_curvature_vs_m(name, sparsity, q_star, m)[1]) * q_star - kappa
+
+    m = m_cap
+    if excess(m_cap) > 0:
+        binding = "kappa"
+        lo = 1e-4 * math.sqrt(q_star)
+        grid = np.geomspace(lo, m_cap, int(50 * math.log10(m_cap / lo)) + 2)
+        over = slope_and_curvature_vs_m(name, sparsity, q_star, grid)[1] * q_star - kappa > 0
+        below = np.nonzero(~over[:-1] & over[1:])[0]
+        if below.size == 0:
+            raise ValueError(
+                f"no clip m for {name} at sparsity={sparsity}, q_star={q_star} keeps q* V''(q*) <= "
+                f"kappa={kappa}: even m = {grid[0]:.3g} exceeds it; lower the sparsity or raise kappa"
+            )
+        i = below[-1]
+        m = float(optimize.brentq(excess, grid[i], grid[i + 1], xtol=1e-12, rtol=1e-12))
+
+    slope, curvature = (float(x) for x in slope_and_curvature_vs_m(name, sparsity, q_star, m))
+    bif = "no bifurcation below m_max" if m_b is None else f"m_b = {m_b:.4g}"
+    reason = {
+        "max_slope": f"m = {m:.4g} gives the largest allowed slope V'(q*) = {max_slope:g}; "
+        f"it is below {margin:g} x m_b ({bif}) and q* V''(q*) = {curvature * q_star:.3g} <= {kappa:g}",
+        "margin": f"m = {m:.4g} is {margin:g} x the bifurcation clip ({bif}), which caps the slope at "
+        f"V'(q*) = {slope:.3g} < {max_slope:g}",
+        "kappa": f"m = {m:.4g} is the largest clip with q* V''(q*) <= {kappa:g}, which caps the slope at "
+        f"V'(q*) = {slope:.3g} (max_slope {max_slope:g}, {bif})",
+    }[binding]
+    return ClipRecommendation(m, slope, curvature, curvature * q_star, m_b, binding, reason + ".")
+
+
+def check_clip(
+    activation: str, sparsity: float, q_star: float, m: float, *, margin: float = 0.9, kappa: float = 0.25
+) -> list[str]:
+    """Human-readable warnings about an EoC point's clip; empty when it passes (THEORY.md 4.1-4.4).
+
+    Checks: an unclipped activation (or m = inf) with tau > 0 has a half-stable q*;
+    m at or past the bifurcation m_b (V has more fixed points); m above margin x m_b;
+    kappa = q* V''(q*) above ``kappa``.
+
+    Args:
+        activation: any registered name; sparsity, q_star: as in :func:`~sparse_eoc.gp.eoc.solve_eoc`.
+        m: the clip, > 0 (inf for unclipped).
+        margin, kappa: the thresholds of :func:`recommend_clip`.
+
+    Returns:
+        A list of sentences, empty when the clip passes every check.
+
+    Raises:
+        ValueError: bad arguments, or no EoC point for them.
+    """
+    act = get_activation(activation)
+    point = solve_eoc(act.name, sparsity, q_star, m=m if act.clipped else None)
+    warnings: list[str] = []
+    if math.isinf(point.m):
+        if point.tau > 0:
+            warnings.append(
+                f"{act.name} at sparsity {sparsity:g} is unclipped: V'(q*) = 1 and V''(q*) > 0, so q* is "
+                "half-stable and any fluctuation above it grows without bound; use a clipped activation"
+            )
+        return warnings
+    fps = fixed_points(point)
+    m_b = bifurcation_m(act.name, sparsity, q_star, m_max=max(M_MAX * math.sqrt(q_star), 1.01 * m))
+    if len(fps) > 1:
+        where = ", ".join(f"{f.q:.3g} ({f.stability})" for f in fps)
+        warnings.append(
+            f"m = {m:.4g} is past the bifurcation (m_b = {m_b:.4g}): V has {len(fps)} fixed points, "
+            f"at q = {where}; fluctuations can jump off the EoC"
+        )
+    elif m_b is not None and m > margin * m_b:
+        warnings.append(
+            f"m = {m:.4g} is within {1 - margin:.0%} of the bifurcation clip m_b = {m_b:.4g}; "
+            "a small change of scale can add fixed points"
+        )
+    scaled = point.curvature * q_star
+    if scaled > kappa:
+        warnings.append(
+            f"q* V''(q*) = {scaled:.3g} > {kappa:g}: V bends up steeply above q*, so fluctuations "
+            f"above q* decay slowly (the paper's failing CReLU s = 0.85, m = 1.74 run has 0.41)"
+        )
+    return warnings
+
+
+def eoc_points_at_fixed_m(activation: str, sparsity: float, m: float, q_stars) -> list[EoCPoint]:
+    """The EoC points for one absolute clip m and several q* (THEORY.md 4.5, the follow-up paper).
+
+    By scale invariance, (q*, m) is the same map as (1, m / sqrt(q*)): a fixed absolute
+    m with a larger q* is a smaller relative clip, hence a lower slope V'(q*) (and,
+    past the curvature's dip, a lower q* V''(q*)). Each point carries ``.slope``,
+    ``.curvature`` (multiply by ``.q_star`` for kappa) and ``.sigma_w2``, ``.sigma_b2``.
+
+    Args:
+        activation: ``crelu`` or ``cst``.
+        sparsity: the target sparsity s.
+        m: the absolute clip, > 0.
+        q_stars: the fixed points to try, each > 0; a sequence.
+
+    Returns:
+        One :class:`~sparse_eoc.gp.eoc.EoCPoint` per q*, in the order given.
+
+    Raises:
+        ValueError: an unclipped activation, or bad sparsity, m or q*.
+    """
+    name = _check_clipped(activation)
+    return [solve_eoc(name, sparsity, float(q), m=m) for q in np.atleast_1d(np.asarray(q_stars, dtype=float))]

@@ -1,0 +1,35 @@
+"""Torch layer: activations by registry name, the MLP, EoC initialisers, sparsity metering."""
+
+from sparse_eoc.nn.activations import (
+    CST,
+    CReLU,
+    ReLUTau,
+    SparseActivation,
+    STTau,
+    crelu,
+    cst,
+    make_activation,
+    relu_tau,
+    st_tau,
+)
+from sparse_eoc.nn.init import eoc_normal_, init_mlp_eoc_, input_weight_variance
+from sparse_eoc.nn.mlp import SparseMLP
+from sparse_eoc.nn.sparsity import SparsityMeter
+
+__all__ = [
+    "CST",
+    "CReLU",
+    "ReLUTau",
+    "STTau",
+    "SparseActivation",
+    "SparseMLP",
+    "SparsityMeter",
+    "crelu",
+    "cst",
+    "eoc_normal_",
+    "init_mlp_eoc_",
+    "input_weight_variance",
+    "make_activation",
+    "relu_tau",
+    "st_tau",
+]

@@ -1,0 +1,130 @@
+"""Sparsity metering that rides along the normal forward pass.
+
+**Sparsity** (THEORY.md section 2) is the fraction of hidden-layer *outputs*
+phi(h) that are exactly 0. Example: a depth-2 MLP of width 3 on a batch of 4
+has 2 x 4 x 3 = 24 hidden outputs; if layer 1 has 6 zeros and layer 2 has 9,
+``per_layer() == [6/12, 9/12]`` and ``overall() == 15/24``. Readout logits and
+network inputs are never counted.
+
+Cost: a model with a meter attached counts each hidden output with one
+``torch.count_nonzero`` (the cheapest of the counts measured on CPU: ~6 us for
+128 x 300 floats, against ~9 us for ``x.bool().sum()``, ~12 us for an L0
+``vector_norm`` and ~19 us for ``(x == 0).sum()``), stacks the per-layer counts
+once per forward and adds them into a preallocated on-device int64 tensor. There
+is no extra forward pass and no host-device synchronisation until
+:meth:`SparsityMeter.per_layer` or :meth:`SparsityMeter.overall` is read. On the
+depth-30 width-300 benchmark (``benchmarks/train_step.py``) metering costs about
+2-3 % of a training step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SparsityMeter"]
+
+
+class SparsityMeter:
+    """Accumulates exact-zero counts of hidden-layer outputs, per layer.
+
+    Attach it to a model that supports metering (``model.meter = meter`` or
+    ``with meter.attach(model): ...``); every forward pass while attached, in
+    training or evaluation, adds its batch. Read with :meth:`per_layer` /
+    :meth:`overall`, clear with :meth:`reset`.
+
+    Counts live on the device of the first batch recorded after a reset.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything counted so far."""
+        self._nonzero: Tensor | None = None  # (L,) int64, on-device, allocated on first batch
+        self._numel: list[int] = []  # (L,) elements seen per layer (host ints)
+        self.num_batches = 0
+        self.num_examples = 0
+
+    # ------------------------------------------------------------------ writing
+
+    def add_counts(self, nonzero: Tensor, numel: int | Sequence[int], batch_size: int) -> None:
+        """Record one forward pass from precomputed nonzero counts (no sync).
+
+        Args:
+            nonzero: number of nonzero outputs of each hidden layer, shape (L,),
+                integer dtype, on the model's device.
+            numel: elements of each layer's output in this batch, one int for
+                all layers or a sequence of L ints.
+            batch_size: examples in this batch.
+
+        Raises:
+            ValueError: if the number of layers differs from earlier batches.
+        """
+        num_layers = nonzero.shape[0]
+        sizes = [int(numel)] * num_layers if isinstance(numel, int) else [int(n) for n in numel]
+        if self._nonzero is None:
+            self._nonzero = torch.zeros(num_layers, dtype=torch.int64, device=nonzero.device)
+            self._numel = [0] * num_layers
+        elif num_layers != self._nonzero.shape[0] or len(sizes) != num_layers:
+            raise ValueError(
+                f"nonzero must have one count per hidden layer ({self._nonzero.shape[0]} so far), "
+                f"got shape {tuple(nonzero.shape)} with {len(sizes)} sizes; reset() between models"
+            )
+        self._nonzero.add_(nonzero)
+        self._numel = [a + b for a, b in zip(self._numel, sizes)]
+        self.num_batches += 1
+        self.num_examples += int(batch_size)
+
+    def observe(self, outputs: Sequence[Tensor]) -> None:
+        """Record one forward pass from the hidden-layer outputs themselves.
+
+        Args:
+            outputs: the L hidden outputs phi(h^l), each of shape (B, ...).
+        """
+        with torch.no_grad():
+            counts = torch.stack([torch.count_nonzero(o) for o in outputs])  # (L,)
+        self.add_counts(counts, [o.numel() for o in outputs], outputs[0].shape[0])
+
+    @contextlib.contextmanager
+    def attach(self, model: nn.Module) -> Iterator[SparsityMeter]:
+        """Context manager: ``model.meter = self`` inside, the previous meter after."""
+        previous = getattr(model, "meter", None)
+        model.meter = self
+        try:
+            yield self
+        finally:
+            model.meter = previous
+
+    # ------------------------------------------------------------------ reading (syncs)
+
+    def zeros_per_layer(self) -> list[int]:
+        """Exact-zero outputs counted in each hidden layer (syncs the device)."""
+        if self._nonzero is None:
+            return []
+        return [n - nz for n, nz in zip(self._numel, self._nonzero.tolist())]
+
+    def per_layer(self) -> list[float]:
+        """Fraction of exact zeros in each hidden layer's outputs over all examples seen.
+
+        Returns:
+            L floats in [0, 1]; ``[]`` if nothing was recorded.
+        """
+        return [z / n for z, n in zip(self.zeros_per_layer(), self._numel)]
+
+    def overall(self) -> float:
+        """Fraction of exact zeros over all hidden-layer outputs and all examples seen.
+
+        Raises:
+            ValueError: if nothing was recorded since the last reset.
+        """
+        if self._nonzero is None:
+            raise ValueError("overall() needs at least one recorded batch; the meter is empty")
+        return sum(self.zeros_per_layer()) / sum(self._numel)
+
+    def __repr__(self) -> str:
+        layers = 0 if self._nonzero is None else self._nonzero.shape[0]
+        return f"SparsityMeter(layers={layers}, batches={self.num_batches}, examples={self.num_examples})"

@@ -1,0 +1,7 @@
+"""Training: the loop, the run directory, and its configuration."""
+
+from sparse_eoc.train.config import TrainConfig
+from sparse_eoc.train.loop import Divergence, EpochMetrics, evaluate, fit, train_epoch
+from sparse_eoc.train.run import load_run, train
+
+__all__ = ["TrainConfig", "Divergence", "EpochMetrics", "evaluate", "fit", "train_epoch", "load_run", "train"]

@@ -1,0 +1,101 @@
+"""The training configuration: one small frozen dataclass, validated at the boundary."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from sparse_eoc.activations import canonical_name, get_activation
+from sparse_eoc.gp import RELU_SPARSITY
+
+__all__ = ["TrainConfig", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; ``config.json`` stores it with what it resolves to.
+
+    The network is ``depth`` hidden layers of ``width`` units each followed by the
+    activation, then a linear readout: depth = 3 means
+    Linear(784, 300) -> phi -> Linear(300, 300) -> phi -> Linear(300, 300) -> phi -> Linear(300, 10).
+    """
+
+    activation: str = "crelu"  # relu, relu_tau, st_tau, crelu, cst
+    sparsity: float | None = None  # target fraction of zeros at q*; relu: 0.5 (None means 0.5)
+    slope: float | None = None  # target V'(q*) in (0, 1), clipped only; default 0.7 if m is None too
+    m: float | None = None  # the clip; clipped only, exclusive with slope
+    q_star: float = 1.0  # the fixed point of the variance map (paper: 1)
+    depth: int = 30  # hidden layers
+    width: int = 300  # units per hidden layer
+    epochs: int = 5
+    optimizer: str = "sgd"  # sgd (the paper's) or adam
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    seed: int = 0  # initialisation, shuffling and the validation split
+    val_size: int = 0  # training examples held out for validation (the paper: 0)
+    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when present)
+    data_dir: str | None = None  # MNIST-format IDX files
+
+    def __post_init__(self):
+        canonical_name(self.activation)  # raises for an unknown name
+        act = get_activation(self.activation)
+        if self.activation == "relu":
+            if self.sparsity is not None and self.sparsity != RELU_SPARSITY:
+                raise ValueError(
+                    f"sparsity for relu is {RELU_SPARSITY} (tau = 0), got sparsity={self.sparsity!r}; "
+                    "use relu_tau, st_tau, crelu or cst for another sparsity"
+                )
+        elif self.sparsity is None:
+            raise ValueError(f"sparsity is required for activation {self.activation!r}")
+        if not act.clipped and (self.slope is not None or self.m is not None):
+            raise ValueError(f"slope and m apply only to crelu and cst, not to {self.activation!r}")
+        if self.slope is not None and self.m is not None:
+            raise ValueError("give either m or slope, not both")
+        _positive_int("depth", self.depth)
+        _positive_int("width", self.width)
+        _positive_int("epochs", self.epochs, allow_zero=True)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("val_size", self.val_size, allow_zero=True)
+        _positive_int("seed", self.seed, allow_zero=True)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        for name in ("lr", "q_star"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got momentum={self.momentum!r}")
+
+    @property
+    def resolved_sparsity(self) -> float:
+        """The target sparsity, with relu's implicit 0.5 filled in."""
+        return RELU_SPARSITY if self.sparsity is None else float(self.sparsity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a mapping, ignoring keys that are not settings (e.g. a config.json's
+        resolved ``eoc``/``model``/``data`` sections)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+    lo = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {name}={value!r}")

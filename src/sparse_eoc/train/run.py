@@ -1,0 +1,221 @@
+"""A training run and its directory: resolve the config, train, write the results.
+
+A run directory ``RUN`` holds::
+
+    config.json        the settings (TrainConfig) and what they resolved to: the EoC
+                       point (tau, m, sigma_w2, sigma_b2, slope, ...), the first layer's
+                       weight variance, the model's shape, the data's statistics
+    metrics.jsonl      one JSON object per completed epoch (see EpochMetrics)
+    result.json        status (completed | diverged), final metrics, wall time
+    model.safetensors  the trained weights (load_run rebuilds the model from config.json)
+
+Every JSON file is strict JSON (no NaN/Infinity: non-finite numbers are null) and
+is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sparse_eoc import __version__
+from sparse_eoc.data import load_mnist
+from sparse_eoc.gp import fixed_points, solve_eoc
+from sparse_eoc.nn import SparseMLP, init_mlp_eoc_, input_weight_variance
+from sparse_eoc.train.config import TrainConfig
+from sparse_eoc.train.loop import fit, make_optimizer
+
+__all__ = ["train", "load_run", "resolve_device", "write_json", "to_json_safe"]
+
+MODEL_FILE = "model.safetensors"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available else cpu; otherwise checked against what exists."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got device={device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def to_json_safe(value: Any) -> Any:
+    """Replace non-finite floats by None, recursively (strict JSON has no NaN/Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict, indented JSON, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_json_safe(obj), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, obj: Any) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(to_json_safe(obj), allow_nan=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _build_model(model_cfg: dict[str, Any]) -> SparseMLP:
+    return SparseMLP(
+        in_features=model_cfg["in_features"],
+        num_classes=model_cfg["num_classes"],
+        depth=model_cfg["depth"],
+        width=model_cfg["width"],
+        activation=model_cfg["activation"],
+        tau=model_cfg["tau"],
+        m=math.inf if model_cfg["m"] is None else model_cfg["m"],
+    )
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True, log=print) -> dict[str, Any]:
+    """Train one EoC-initialised sparse MLP and write its run directory.
+
+    Args:
+        config: the run's settings; ``config.data_dir`` must name MNIST-format IDX files.
+        out_dir: the run directory (created; existing result files are overwritten).
+        progress: show a progress bar per epoch.
+        log: where one-line messages go (the divergence notice among them).
+
+    Returns:
+        The contents of ``result.json``.
+
+    Raises:
+        ValueError: bad settings (see TrainConfig, solve_eoc) or a missing ``data_dir``.
+        sparse_eoc.data.DataFileError: a missing or corrupt data file.
+    """
+    if config.data_dir is None:
+        raise ValueError("data_dir is required: a directory with MNIST-format IDX files")
+    device = resolve_device(config.device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    point = solve_eoc(config.activation, config.sparsity, config.q_star, m=config.m, slope=config.slope)
+    data = load_mnist(config.data_dir, val_size=config.val_size, seed=config.seed)
+    input_sigma_w2 = input_weight_variance(config.q_star, point.sigma_b2, data.mean_square_input)
+    model_cfg = {
+        "kind": "mlp",
+        "in_features": int(data.x_train.shape[1]),
+        "num_classes": int(data.num_classes),
+        "depth": config.depth,
+        "width": config.width,
+        "activation": point.activation,
+        "tau": point.tau,
+        "m": point.m,
+    }
+    resolved = {
+        **config.to_dict(),
+        "eoc": {
+            "activation": point.activation,
+            "sparsity": point.sparsity,
+            "q_star": point.q_star,
+            "tau": point.tau,
+            "m": point.m,
+            "sigma_w2": point.sigma_w2,
+            "sigma_b2": point.sigma_b2,
+            "slope": point.slope,
+            "curvature": point.curvature,
+            "fixed_points": [{"q": f.q, "stability": f.stability} for f in fixed_points(point)],
+            "input_sigma_w2": input_sigma_w2,
+        },
+        "model": model_cfg,
+        "data": {
+            "n_train": len(data.x_train),
+            "n_val": len(data.x_val),
+            "n_test": len(data.x_test),
+            "image_shape": list(data.image_shape),
+            "mean": data.mean,
+            "std": data.std,
+            "mean_square_input": data.mean_square_input,
+        },
+        "sparse_eoc_version": __version__,
+        "torch_version": torch.__version__,
+        "device_resolved": str(device),
+    }
+    write_json(out / "config.json", resolved)
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    (out / "result.json").unlink(missing_ok=True)
+
+    torch.manual_seed(config.seed)
+    init_gen = torch.Generator().manual_seed(config.seed)
+    model = _build_model(model_cfg)
+    init_mlp_eoc_(model, point.sigma_w2, point.sigma_b2, input_sigma_w2=input_sigma_w2, generator=init_gen)
+    model.to(device)
+    optimizer = make_optimizer(
+        config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+    def split(x, y):
+        return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+    splits = {"train": split(data.x_train, data.y_train), "test": split(data.x_test, data.y_test)}
+    if len(data.x_val):
+        splits["val"] = split(data.x_val, data.y_val)
+
+    shuffle_gen = torch.Generator().manual_seed(config.seed + 1)
+    history, divergence = fit(
+        model, optimizer, splits, epochs=config.epochs, batch_size=config.batch_size, generator=shuffle_gen,
+        on_epoch=lambda m: _append_jsonl(metrics_path, dataclasses.asdict(m)), show_progress=progress,
+    )
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE))
+
+    last = history[-1] if history else None
+    result: dict[str, Any] = {
+        "status": "diverged" if divergence is not None else "completed",
+        "test_accuracy": last.test_accuracy if last else None,
+        "train_sparsity": last.train_sparsity if last else None,
+        "test_sparsity": last.test_sparsity if last else None,
+        "layer_sparsity": last.test_layer_sparsity if last else None,
+        "val_accuracy": last.val_accuracy if last else None,
+        "epochs_completed": len(history),
+        "wall_seconds": time.perf_counter() - started,
+        "diverged": dataclasses.asdict(divergence) if divergence is not None else None,
+    }
+    write_json(out / "result.json", result)
+    if divergence is not None:
+        log(
+            f"diverged: non-finite training loss ({divergence.loss}) at epoch {divergence.epoch}, "
+            f"step {divergence.step}; {len(history)} epoch(s) completed, history kept in {out}"
+        )
+    return result
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[SparseMLP, dict[str, Any]]:
+    """Rebuild a trained model from a run directory.
+
+    Returns:
+        (model in eval mode on ``device``, the parsed ``config.json``).
+
+    Raises:
+        FileNotFoundError: if ``config.json`` or ``model.safetensors`` is missing.
+    """
+    run = Path(run_dir)
+    for name in ("config.json", MODEL_FILE):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run / name}: not found (is {run} a sparse-eoc run directory?)")
+    config = json.loads((run / "config.json").read_text())
+    model = _build_model(config["model"])
+    model.load_state_dict(load_file(str(run / MODEL_FILE)))
+    return model.to(resolve_device(device)).eval(), config

@@ -1,0 +1,141 @@
+"""The command line end to end: the eoc contract, errors, and a training run."""
+
+import json
+import math
+
+import pytest
+
+from sparse_eoc.cli import main
+
+EOC_KEYS = {
+    "activation", "sparsity", "q_star", "tau", "m", "sigma_w2", "sigma_b2",
+    "chi1", "slope", "curvature", "fixed_points",
+}
+
+
+def _strict(text: str):
+    def refuse(name):
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def run_json(capsys, argv):
+    assert main(argv) == 0
+    return _strict(capsys.readouterr().out)
+
+
+def test_eoc_json_contract(capsys):
+    out = run_json(capsys, ["eoc", "--activation", "crelu", "--sparsity", "0.85", "--json"])
+    assert set(out) == EOC_KEYS
+    assert out["slope"] == pytest.approx(0.7, abs=1e-9)  # the default for a clipped activation
+    assert out["q_star"] == 1.0 and out["chi1"] == pytest.approx(1.0)
+    assert out["m"] == pytest.approx(1.1704, abs=1e-4)
+    assert out["fixed_points"] == [{"q": pytest.approx(1.0), "stability": "stable"}]
+
+
+def test_eoc_json_unclipped_has_null_m_and_half_stable_point(capsys):
+    out = run_json(capsys, ["eoc", "--activation", "relu_tau", "--sparsity", "0.8", "--json"])
+    assert out["m"] is None
+    assert out["sigma_w2"] == pytest.approx(5.0) and out["sigma_b2"] == pytest.approx(0.4698, abs=1e-4)
+    assert [f["stability"] for f in out["fixed_points"]] == ["half-stable"]
+
+
+def test_eoc_json_relu_needs_no_sparsity(capsys):
+    out = run_json(capsys, ["eoc", "--activation", "relu", "--json"])
+    assert (out["sparsity"], out["sigma_w2"], out["sigma_b2"], out["tau"]) == (0.5, 2.0, 0.0, 0.0)
+    assert out["fixed_points"][0]["stability"] == "neutral"
+
+
+def test_eoc_with_m_and_q_star(capsys):
+    out = run_json(capsys, ["eoc", "--activation", "cst", "--sparsity", "0.85", "--m", "3.0686",
+                            "--q-star", "4", "--json"])
+    assert out["q_star"] == 4.0 and out["m"] == 3.0686
+    assert out["tau"] == pytest.approx(2 * 1.4395, abs=1e-3)
+    assert out["slope"] == pytest.approx(0.9, abs=1e-3)  # scale invariance: m = 2 x 1.5343
+    assert [f["stability"] for f in out["fixed_points"]] == ["stable", "unstable", "stable"]
+
+
+def test_eoc_text_output(capsys):
+    assert main(["eoc", "--activation", "cst", "--sparsity", "0.85", "--slope", "0.9"]) == 0
+    text = capsys.readouterr().out
+    assert "sigma_w2" in text and "unstable" in text and "V'(q*)" in text
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eoc", "--activation", "relu_tau", "--sparsity", "0.3"], "sparsity for relu_tau must be in [0.5, 1.0)"),
+        (["eoc", "--activation", "relu", "--sparsity", "0.7"], "sparsity for relu is 0.5"),
+        (["eoc", "--activation", "crelu", "--sparsity", "0.8", "--slope", "1.2"], "slope"),
+        (["eoc", "--activation", "st_tau", "--sparsity", "0.8", "--slope", "0.5"], "slope applies only"),
+        (["eoc", "--activation", "crelu", "--sparsity", "0.8", "--q-star", "-1"], "q_star must be"),
+        (["eoc", "--activation", "crelu"], "sparsity is required"),
+    ],
+)
+def test_eoc_bad_input_exits_2_with_one_clear_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_unknown_activation_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eoc", "--activation", "gelu", "--sparsity", "0.8"])
+    assert exc.value.code == 2
+    assert "relu_tau" in capsys.readouterr().err
+
+
+def test_train_end_to_end(tmp_path, capsys, mnist_subset_dir):
+    run = tmp_path / "run"
+    argv = ["train", "--activation", "crelu", "--sparsity", "0.8", "--slope", "0.7", "--depth", "4",
+            "--width", "64", "--epochs", "2", "--lr", "0.03", "--data-dir", str(mnist_subset_dir),
+            "--out", str(run), "--no-progress"]
+    assert main(argv) == 0
+    assert "completed" in capsys.readouterr().out
+    config = _strict((run / "config.json").read_text())
+    assert config["activation"] == "crelu" and config["depth"] == 4 and config["slope"] == 0.7
+    assert config["eoc"]["slope"] == pytest.approx(0.7)
+    lines = [_strict(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for key in ("epoch", "train_loss", "train_accuracy", "test_accuracy", "train_sparsity", "test_sparsity"):
+        assert all(key in line for line in lines)
+    result = _strict((run / "result.json").read_text())
+    assert result["status"] == "completed" and result["epochs_completed"] == 2
+    assert len(result["layer_sparsity"]) == 4
+    assert result["test_accuracy"] > 0.4  # 2000 images, 2 epochs: ~0.6 (chance: 0.1)
+    assert (run / "model.safetensors").is_file()
+
+    # --config reruns the same run: same seed, same results on CPU
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.json"), "--out", str(again), "--no-progress"]) == 0
+    assert _strict((again / "result.json").read_text())["test_accuracy"] == result["test_accuracy"]
+    assert (again / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_train_divergence_is_recorded_not_raised(tmp_path, capsys, mnist_subset_dir):
+    run = tmp_path / "run"
+    argv = ["train", "--activation", "relu_tau", "--sparsity", "0.85", "--depth", "4", "--width", "32",
+            "--epochs", "2", "--lr", "1e6", "--data-dir", str(mnist_subset_dir), "--out", str(run),
+            "--no-progress"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    notices = [line for line in captured.err.splitlines() if line.startswith("diverged")]
+    assert len(notices) == 1 and "non-finite" in notices[0]
+    result = _strict((run / "result.json").read_text())
+    assert result["status"] == "diverged"
+    assert result["diverged"]["epoch"] == 1 and result["diverged"]["step"] >= 1
+    assert result["diverged"]["loss"] is None or not math.isfinite(result["diverged"]["loss"])
+
+
+def test_train_bad_input(tmp_path, capsys, mnist_subset_dir):
+    argv = ["train", "--activation", "crelu", "--sparsity", "0.8", "--depth", "0",
+            "--data-dir", str(mnist_subset_dir), "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "depth must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_train_missing_data_names_the_file(tmp_path, capsys):
+    argv = ["train", "--activation", "relu", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "train-images-idx3-ubyte" in capsys.readouterr().err

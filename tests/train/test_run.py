@@ -1,0 +1,74 @@
+"""Training runs: the run directory, reloading, determinism, validation split, config checks."""
+
+import json
+
+import pytest
+import torch
+
+from sparse_eoc.data import load_mnist
+from sparse_eoc.train import TrainConfig, evaluate, load_run, train
+
+
+def small_config(data_dir, **changes):
+    base = dict(activation="cst", sparsity=0.8, slope=0.6, depth=3, width=48, epochs=2, lr=0.01,
+                batch_size=64, data_dir=str(data_dir))
+    return TrainConfig(**{**base, **changes})
+
+
+def test_load_run_rebuilds_the_trained_model(tmp_path, mnist_subset_dir):
+    result = train(small_config(mnist_subset_dir), tmp_path, progress=False)
+    model, config = load_run(tmp_path)
+    assert config["model"]["depth"] == 3 and not model.training
+    data = load_mnist(mnist_subset_dir)
+    acc, _ = evaluate(model, torch.from_numpy(data.x_test), torch.from_numpy(data.y_test))
+    assert acc == result["test_accuracy"]
+
+
+def test_same_seed_same_results_and_other_seed_differs(tmp_path, mnist_subset_dir):
+    a = train(small_config(mnist_subset_dir), tmp_path / "a", progress=False)
+    b = train(small_config(mnist_subset_dir), tmp_path / "b", progress=False)
+    c = train(small_config(mnist_subset_dir, seed=1), tmp_path / "c", progress=False)
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() != ""
+    strip = lambda r: {k: v for k, v in r.items() if k != "wall_seconds"}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_validation_split_is_held_out_and_reported(tmp_path, mnist_subset_dir):
+    train(small_config(mnist_subset_dir, val_size=300, epochs=1), tmp_path, progress=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["data"]["n_train"], config["data"]["n_val"]) == (1700, 300)
+    line = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert 0 <= line["val_accuracy"] <= 1 and 0 <= line["val_sparsity"] <= 1
+
+
+def test_sparsity_at_target_after_short_training(tmp_path, mnist_subset_dir):
+    result = train(small_config(mnist_subset_dir, activation="crelu", sparsity=0.85, epochs=1, lr=1e-3),
+                   tmp_path, progress=False)
+    # A 3-layer net after one short epoch stays close to its initial sparsity.
+    assert result["train_sparsity"] == pytest.approx(0.85, abs=0.05)
+    assert result["test_sparsity"] == pytest.approx(0.85, abs=0.05)
+    assert all(0.7 < s < 0.95 for s in result["layer_sparsity"])
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(activation="relu", sparsity=0.7), "sparsity for relu is 0.5"),
+        (dict(activation="relu_tau", slope=0.5), "slope and m apply only"),
+        (dict(slope=0.5, m=1.0), "either m or slope"),
+        (dict(width=0), "width must be an integer >= 1"),
+        (dict(lr=-1.0), "lr must be a finite number > 0"),
+        (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (dict(optimizer="lbfgs"), "optimizer must be one of sgd, adam"),
+        (dict(activation="tanh"), "activation must be one of"),
+    ],
+)
+def test_config_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        small_config("unused", **changes)
+
+
+def test_bad_device(tmp_path, mnist_subset_dir):
+    with pytest.raises(ValueError, match="device"):
+        train(small_config(mnist_subset_dir, device="tpu"), tmp_path, progress=False)
