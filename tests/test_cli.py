@@ -9,7 +9,7 @@ from sparse_eoc.cli import main
 
 EOC_KEYS = {
     "activation", "sparsity", "q_star", "tau", "m", "sigma_w2", "sigma_b2",
-    "chi1", "slope", "curvature", "fixed_points",
+    "chi1", "slope", "curvature", "fixed_points", "bifurcation_m", "recommended_m", "warnings",
 }
 
 
@@ -32,11 +32,36 @@ def test_eoc_json_contract(capsys):
     assert out["q_star"] == 1.0 and out["chi1"] == pytest.approx(1.0)
     assert out["m"] == pytest.approx(1.1704, abs=1e-4)
     assert out["fixed_points"] == [{"q": pytest.approx(1.0), "stability": "stable"}]
+    assert out["bifurcation_m"] == pytest.approx(1.8386, abs=1e-3)
+    assert out["recommended_m"] == pytest.approx(1.5072, abs=1e-3)
+    assert out["warnings"] == []
+
+
+def test_eoc_json_flags_the_papers_failing_clip(capsys):
+    out = run_json(capsys, ["eoc", "--activation", "crelu", "--sparsity", "0.85", "--m", "1.74", "--json"])
+    assert out["m"] == 1.74 and out["m"] < out["bifurcation_m"]
+    assert any("V''(q*) = 0.406 > 0.25" in w for w in out["warnings"])
+
+
+def test_eoc_json_correlation(capsys):
+    out = run_json(capsys, ["eoc", "--activation", "cst", "--sparsity", "0.85", "--rho", "0,0.5,1", "--json"])
+    corr = out["correlation"]
+    assert corr["rho"] == [0.0, 0.5, 1.0]
+    assert corr["R"][0] == pytest.approx(out["sigma_b2"] / out["q_star"], abs=1e-9)  # odd phi: R(0) = sigma_b2/q*
+    assert corr["R"][2] == pytest.approx(1.0, abs=1e-12) and corr["dR"][2] == pytest.approx(out["chi1"], abs=1e-9)
+    assert corr["R"][0] < corr["R"][1] < corr["R"][2]
+
+
+def test_eoc_rho_out_of_range_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["eoc", "--activation", "cst", "--sparsity", "0.85", "--rho", "0,1.5"])
+    assert "[-1, 1]" in capsys.readouterr().err
 
 
 def test_eoc_json_unclipped_has_null_m_and_half_stable_point(capsys):
     out = run_json(capsys, ["eoc", "--activation", "relu_tau", "--sparsity", "0.8", "--json"])
-    assert out["m"] is None
+    assert out["m"] is None and out["bifurcation_m"] is None and out["recommended_m"] is None
+    assert "half-stable" in out["warnings"][0]
     assert out["sigma_w2"] == pytest.approx(5.0) and out["sigma_b2"] == pytest.approx(0.4698, abs=1e-4)
     assert [f["stability"] for f in out["fixed_points"]] == ["half-stable"]
 
@@ -54,6 +79,32 @@ def test_eoc_with_m_and_q_star(capsys):
     assert out["tau"] == pytest.approx(2 * 1.4395, abs=1e-3)
     assert out["slope"] == pytest.approx(0.9, abs=1e-3)  # scale invariance: m = 2 x 1.5343
     assert [f["stability"] for f in out["fixed_points"]] == ["stable", "unstable", "stable"]
+
+
+PROPAGATE_KEYS = {"layer", "q_median", "q_p10", "q_p90", "sparsity", "q_theory", "blown_up_at_layer"}
+
+
+def test_propagate_json_relu_tau_blows_up(capsys):
+    out = run_json(capsys, ["propagate", "--activation", "relu_tau", "--sparsity", "0.85", "--depth", "100",
+                            "--width", "100", "--seeds", "3", "--batch-size", "16", "--json"])
+    assert set(out) == PROPAGATE_KEYS and out["layer"] == list(range(1, 101))
+    assert all(len(out[k]) == 100 for k in PROPAGATE_KEYS - {"blown_up_at_layer"})
+    assert out["blown_up_at_layer"] is not None or out["q_median"][-1] > 1e6
+
+
+def test_propagate_json_cnn_crelu_holds(capsys):
+    out = run_json(capsys, ["propagate", "--activation", "crelu", "--sparsity", "0.8", "--model", "cnn",
+                            "--channels", "128", "--depth", "10", "--seeds", "4", "--batch-size", "4", "--json"])
+    assert out["blown_up_at_layer"] is None
+    assert 0.5 <= out["q_median"][-1] <= 2 and abs(out["sparsity"][-1] - 0.8) < 0.1
+    assert out["q_theory"] == [pytest.approx(1.0)] * 10
+
+
+def test_propagate_on_mnist_images(capsys, mnist_dir):
+    out = run_json(capsys, ["propagate", "--activation", "cst", "--sparsity", "0.85", "--depth", "5",
+                            "--width", "100", "--seeds", "2", "--data-dir", str(mnist_dir), "--json"])
+    # the first layer's variance is set from the images' mean square: q^1 = q* up to sampling noise
+    assert out["q_median"][0] == pytest.approx(1.0, abs=0.3)
 
 
 def test_eoc_text_output(capsys):

@@ -1,8 +1,12 @@
 """The ``sparse-eoc`` command line: parse, build a config, call one library function.
 
-    sparse-eoc eoc   --activation A --sparsity S [--q-star Q] [--m M | --slope V] [--json]
-    sparse-eoc train --activation A --sparsity S [--slope V | --m M] --depth L --width N
-                     --epochs E --data-dir DIR --out RUN   (or --config RUN/config.json)
+    sparse-eoc eoc       --activation A --sparsity S [--q-star Q] [--m M | --slope V]
+                         [--rho 0,0.5,0.9] [--json]
+    sparse-eoc train     --activation A --sparsity S [--slope V | --m M] --depth L --width N
+                         --epochs E --data-dir DIR --out RUN   (or --config RUN/config.json)
+    sparse-eoc propagate --activation A --sparsity S [--slope V | --m M]
+                         [--model mlp --width N | --model cnn --channels C] --depth L --seeds K [--json]
+    sparse-eoc figures   --out DIR [--only N]
 """
 
 from __future__ import annotations
@@ -15,7 +19,15 @@ from dataclasses import fields
 from pathlib import Path
 
 from sparse_eoc.activations import ACTIVATIONS, ALIASES
-from sparse_eoc.gp import fixed_points, solve_eoc
+from sparse_eoc.gp import (
+    bifurcation_m,
+    check_clip,
+    correlation_map,
+    correlation_map_derivative,
+    fixed_points,
+    recommend_clip,
+    solve_eoc,
+)
 
 ACTIVATION_CHOICES = [*ALIASES, *ACTIVATIONS]
 
@@ -50,6 +62,26 @@ def _eoc_command(args: argparse.Namespace) -> int:
             {"q": f.q, "stability": f.stability, **({"note": f.note} if f.note else {})} for f in fps
         ],
     }
+    clipped = math.isfinite(point.m) or args.activation in ("crelu", "cst")
+    recommendation = None
+    if clipped:
+        out["bifurcation_m"] = bifurcation_m(point.activation, point.sparsity, point.q_star)
+        recommendation = recommend_clip(point.activation, point.sparsity, point.q_star,
+                                        margin=args.margin, kappa=args.kappa)
+        out["recommended_m"] = recommendation.m
+    else:
+        out["bifurcation_m"] = out["recommended_m"] = None
+    warnings = check_clip(point.activation, point.sparsity, point.q_star, point.m,
+                          margin=args.margin, kappa=args.kappa)
+    out["warnings"] = warnings
+    if args.rho is not None:
+        out["correlation"] = {
+            "rho": args.rho,
+            "R": [float(r) for r in correlation_map(args.rho, point)],
+            "dR": [float(r) for r in correlation_map_derivative(args.rho, point)],
+        }
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(out, allow_nan=False))
         return 0
@@ -61,6 +93,70 @@ def _eoc_command(args: argparse.Namespace) -> int:
     print("  fixed points of V:")
     for f in fps:
         print(f"    q = {f.q:<10.6g} {f.stability:<12} V'(q) = {f.slope:<10.6g} {f.note}".rstrip())
+    if recommendation is not None:
+        bif = out["bifurcation_m"]
+        print(f"  bifurcation m: {'none up to 8 sqrt(q*)' if bif is None else f'{bif:.4f}'}")
+        print(f"  recommended m: {recommendation.m:.4f} (bound by {recommendation.binding}: {recommendation.reason})")
+    if args.rho is not None:
+        print("  correlation map:  rho        R(rho)     R'(rho)")
+        for r, big_r, d in zip(args.rho, out["correlation"]["R"], out["correlation"]["dR"]):
+            print(f"                    {r:<10.4g} {big_r:<10.6g} {d:.6g}")
+    return 0
+
+
+def _rho_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--rho takes comma-separated numbers in [-1, 1], got {text!r}") from err
+    if not values or any(not -1 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--rho values must lie in [-1, 1], got {text!r}")
+    return values
+
+
+def _propagate_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from sparse_eoc.nn.propagate import propagate
+
+    inputs = None
+    if args.data_dir:
+        from sparse_eoc.data import load_mnist
+
+        data = load_mnist(args.data_dir)
+        x = torch.from_numpy(data.x_test[: args.batch_size])  # (B, H*W)
+        inputs = x if args.model == "mlp" else x.reshape(len(x), 1, *data.image_shape)  # (B, 1, H, W)
+    result = propagate(
+        args.activation, args.sparsity, q_star=args.q_star, m=args.m, slope=args.slope, model=args.model,
+        width=args.width, channels=args.channels, kernel_size=args.kernel_size, padding_mode=args.padding_mode,
+        image_size=args.image_size, depth=args.depth, seeds=args.seeds, batch_size=args.batch_size,
+        inputs=inputs, seed=args.seed, device=args.device,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), allow_nan=False))
+        return 0
+    print(f"{args.model}, {args.activation}, depth {args.depth}, {args.seeds} seeds: empirical q^l vs theory")
+    print(f"  {'layer':>5} {'q median':>11} {'q p10':>11} {'q p90':>11} {'sparsity':>9} {'q theory':>11}")
+    step = 1 if args.depth <= 20 else max(1, args.depth // 20)
+    for i, layer in enumerate(result.layer):
+        if i % step and layer != args.depth:
+            continue
+        row = [result.q_median[i], result.q_p10[i], result.q_p90[i]]
+        cells = " ".join(f"{'overflow' if v is None else f'{v:.4g}':>11}" for v in row)
+        sp = result.sparsity[i]
+        theory = result.q_theory[i]
+        print(f"  {layer:>5} {cells} {'n/a' if sp is None else f'{sp:.4f}':>9} "
+              f"{'overflow' if theory is None else f'{theory:.4g}':>11}")
+    blown = result.blown_up_at_layer
+    print(f"  blown up at layer {blown} (median q > 1e30)" if blown else "  never blew up")
+    return 0
+
+
+def _figures_command(args: argparse.Namespace) -> int:
+    from sparse_eoc.figures import write_figures
+
+    paths = write_figures(args.out, only=args.only)
+    print(f"wrote {len(paths)} files to {args.out}")
     return 0
 
 
@@ -100,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eoc", help="solve for the EoC initialisation of a target sparsity")
     _add_eoc_options(p, defaults=True)
+    p.add_argument("--rho", type=_rho_list, help="comma-separated correlations in [-1, 1]: report R and R' there")
+    p.add_argument("--margin", type=float, default=0.9, help="clip check: m below margin x bifurcation m (0.9)")
+    p.add_argument("--kappa", type=float, default=0.25, help="clip check: q* V''(q*) at most kappa (0.25)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eoc_command)
 
@@ -121,6 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_command)
+
+    p = sub.add_parser("propagate", help="random EoC networks at init: empirical q^l and sparsity vs theory")
+    _add_eoc_options(p, defaults=True)
+    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    p.add_argument("--width", type=int, default=300, help="MLP width (default 300)")
+    p.add_argument("--channels", type=int, default=64, help="CNN channels (default 64)")
+    p.add_argument("--kernel-size", type=int, default=3, help="CNN kernel size (default 3)")
+    p.add_argument("--padding-mode", choices=["zeros", "circular"], default="circular",
+                   help="CNN padding (default circular, as in the mean-field theory)")
+    p.add_argument("--image-size", type=int, default=8, help="side of the random CNN input images (default 8)")
+    p.add_argument("--depth", type=int, default=100, help="hidden layers (default 100)")
+    p.add_argument("--seeds", type=int, default=8, help="random networks drawn (default 8)")
+    p.add_argument("--batch-size", type=int, default=64, help="inputs per network (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--data-dir", help="use the first test images of this MNIST-format dataset as inputs")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_propagate_command)
+
+    p = sub.add_parser("figures", help="draw the paper's theory figures (PNG and PDF)")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--only", type=int, help="draw only figure N (1-7)")
+    p.set_defaults(func=_figures_command)
     return parser
 
 

@@ -159,7 +159,10 @@ def test_odd_activations(name, s, kw):
 
 @pytest.mark.parametrize("name,s,kw", [e for e in EOC if not get_activation(e[0]).two_sided])
 def test_r_at_zero_is_the_squared_mean(name, s, kw):
-    """Independent inputs: R(0) = (sigma_w2 E[phi]^2 + sigma_b2) / q*, E[(X - a)_+] = sqrt(q) varphi(a/sqrt q) - a Phi(-a/sqrt q)."""
+    """Independent inputs: R(0) = (sigma_w2 E[phi]^2 + sigma_b2) / q*.
+
+    E[(X - a)_+] = sqrt(q) varphi(a / sqrt q) - a Phi(-a / sqrt q) for X ~ N(0, q).
+    """
     q = 1.5
     p = solve_eoc(name, s, q, **kw)
 

@@ -69,7 +69,8 @@ def test_plain_relu_keeps_any_variance():
 
 
 @pytest.mark.parametrize(
-    "name,s,kw,expected", [("relu", None, {}, 199), ("crelu", 0.85, {"slope": 0.7}, 78), ("cst", 0.85, {"slope": 0.7}, 63)]
+    "name,s,kw,expected",
+    [("relu", None, {}, 199), ("crelu", 0.85, {"slope": 0.7}, 78), ("cst", 0.85, {"slope": 0.7}, 63)],
 )
 def test_depth_to_correlate_pinned(name, s, kw, expected):
     """Measured: orthogonal inputs (rho0 = 0) become correlated to within 1e-3 at these depths."""

@@ -209,7 +209,9 @@ def recommend_clip(
 
     Raises:
         ValueError: an unclipped activation, a bad sparsity or q_star, max_slope outside
-            (0, 1), margin outside (0, 1], or a non-finite kappa.
+            (0, 1), margin outside (0, 1], a non-finite kappa, or a kappa so low that no
+            m >= 1e-4 sqrt(q*) meets it (e.g. kappa = 0 for cst at s = 0.95, where
+            q* V''(q*) > 0 for every m).
     """
     name = _check_clipped(activation)
     q_star = _check_q_star(q_star)
@@ -244,12 +246,15 @@ def recommend_clip(
             )
         i = below[-1]
         m = float(optimize.brentq(excess, grid[i], grid[i + 1], xtol=1e-12, rtol=1e-12))
+        if excess(m) > 0:  # land on the feasible side of the root
+            m = float(grid[i]) if excess(m - 1e-11) > 0 else m - 1e-11
 
     slope, curvature = (float(x) for x in slope_and_curvature_vs_m(name, sparsity, q_star, m))
     bif = "no bifurcation below m_max" if m_b is None else f"m_b = {m_b:.4g}"
+    below = "V has no bifurcation below m_max" if m_b is None else f"it is below {margin:g} x m_b = {margin * m_b:.4g}"
     reason = {
         "max_slope": f"m = {m:.4g} gives the largest allowed slope V'(q*) = {max_slope:g}; "
-        f"it is below {margin:g} x m_b ({bif}) and q* V''(q*) = {curvature * q_star:.3g} <= {kappa:g}",
+        f"{below}, and q* V''(q*) = {curvature * q_star:.3g} <= {kappa:g}",
         "margin": f"m = {m:.4g} is {margin:g} x the bifurcation clip ({bif}), which caps the slope at "
         f"V'(q*) = {slope:.3g} < {max_slope:g}",
         "kappa": f"m = {m:.4g} is the largest clip with q* V''(q*) <= {kappa:g}, which caps the slope at "
@@ -279,7 +284,7 @@ def check_clip(
         ValueError: bad arguments, or no EoC point for them.
     """
     act = get_activation(activation)
-    point = solve_eoc(act.name, sparsity, q_star, m=m if act.clipped else None)
+    point = solve_eoc(act.name, sparsity, q_star, m=m)  # a finite m for relu_tau/st_tau raises
     warnings: list[str] = []
     if math.isinf(point.m):
         if point.tau > 0:
@@ -292,8 +297,9 @@ def check_clip(
     m_b = bifurcation_m(act.name, sparsity, q_star, m_max=max(M_MAX * math.sqrt(q_star), 1.01 * m))
     if len(fps) > 1:
         where = ", ".join(f"{f.q:.3g} ({f.stability})" for f in fps)
+        bif = "" if m_b is None else f" (m_b = {m_b:.4g})"
         warnings.append(
-            f"m = {m:.4g} is past the bifurcation (m_b = {m_b:.4g}): V has {len(fps)} fixed points, "
+            f"m = {m:.4g} is past the bifurcation{bif}: V has {len(fps)} fixed points, "
             f"at q = {where}; fluctuations can jump off the EoC"
         )
     elif m_b is not None and m > margin * m_b:

@@ -124,7 +124,7 @@ def _product(q1, q2, c12, activation: str, tau: float, m: float, derivative: boo
     outer_kinks = [k / s1 for k in kinks(act.name, tau, m)]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inner_kinks = [np.where(beta != 0, k / beta, np.nan) for k in kinks(act.name, tau, m)]
-    B, S1, SD = beta[:, None, None], s1[:, None, None], sd[:, None, None]  # (N, 1, 1)
+    B, S1 = beta[:, None, None], s1[:, None, None]  # (N, 1, 1)
 
     # The limit part: E over z of phi(s1 z) phi(beta z), piecewise polynomial x varphi.
     zmax = np.full_like(q1, Z_MAX)

@@ -17,6 +17,7 @@ and computes h^l = phi(h^{l-1}) W^l^T + b^l, with phi(h^0) = x.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,46 @@ from torch import Tensor, nn
 from sparse_eoc.nn.activations import SparseActivation, make_activation
 from sparse_eoc.nn.sparsity import SparsityMeter
 
-__all__ = ["SparseMLP"]
+__all__ = ["SparseMLP", "forward_hidden"]
+
+
+def _linear(layer: nn.Linear, x: Tensor, bias: Tensor) -> Tensor:
+    return F.linear(x, layer.weight, bias)  # (B, out_features)
+
+
+def forward_hidden(
+    layers: Sequence[nn.Module],
+    x: Tensor,
+    act: SparseActivation,
+    meter: SparsityMeter | None,
+    pre_activation: Callable[[nn.Module, Tensor, Tensor], Tensor],
+) -> Tensor:
+    """Run the hidden layers fast: x -> phi(h^1) -> ... -> phi(h^L), metering zeros if asked.
+
+    Each layer computes h^l - shift = pre_activation(layer, x, b^l - shift), folding the
+    activation's constant shift (tau for the one-sided activations) into the bias, then
+    one fused in-place tail (``act.forward_shifted_``). With a ``meter``, one
+    ``count_nonzero`` per layer stays on the device; the counts are stacked and added
+    once per forward (no host sync).
+
+    Args:
+        layers: the L hidden layers (``nn.Linear`` or ``nn.Conv2d``), each with a bias.
+        x: the network input, shaped as the first layer expects.
+        pre_activation: ``(layer, x, bias) -> x W^T + bias`` for that layer type.
+
+    Returns:
+        phi(h^L), shape ``(B, width)`` or ``(B, C, H, W)``.
+    """
+    shift = act.bias_shift
+    counts: list[Tensor] = []
+    for layer in layers:
+        b = layer.bias - shift if shift else layer.bias  # (out,): b^l - tau
+        x = act.forward_shifted_(pre_activation(layer, x, b))  # phi(h^l)
+        if meter is not None:
+            counts.append(torch.count_nonzero(x))  # () int64, stays on device
+    if meter is not None:
+        meter.add_counts(torch.stack(counts), x.numel(), x.shape[0])  # (L,)
+    return x
 
 
 def _check_positive_int(name: str, value: int) -> int:
@@ -115,17 +155,7 @@ class SparseMLP(nn.Module):
         """
         if x.dim() > 2:
             x = x.flatten(1)  # (B, *) -> (B, in_features)
-        shift = self.act.bias_shift
-        phi_ = self.act.forward_shifted_
-        meter = self.meter
-        counts: list[Tensor] = []
-        for layer in self.hidden:
-            b = layer.bias - shift if shift else layer.bias  # (width,): b^l - tau
-            x = phi_(F.linear(x, layer.weight, b))  # (B, width): phi(h^l)
-            if meter is not None:
-                counts.append(torch.count_nonzero(x))  # () int64, stays on device
-        if meter is not None:
-            meter.add_counts(torch.stack(counts), x.numel(), x.shape[0])  # (L,)
+        x = forward_hidden(self.hidden, x, self.act, self.meter, _linear)  # (B, width)
         return self.readout(x)
 
     def hidden_states(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:

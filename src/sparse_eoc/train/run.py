@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from sparse_eoc import __version__
 from sparse_eoc.data import load_mnist
-from sparse_eoc.gp import fixed_points, solve_eoc
+from sparse_eoc.gp import check_clip, fixed_points, solve_eoc
 from sparse_eoc.nn import SparseMLP, init_mlp_eoc_, input_weight_variance
 from sparse_eoc.train.config import TrainConfig
 from sparse_eoc.train.loop import fit, make_optimizer
@@ -112,6 +112,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     started = time.perf_counter()
 
     point = solve_eoc(config.activation, config.sparsity, config.q_star, m=config.m, slope=config.slope)
+    for warning in check_clip(point.activation, point.sparsity, point.q_star, point.m):
+        log(f"warning: {warning}")
     data = load_mnist(config.data_dir, val_size=config.val_size, seed=config.seed)
     input_sigma_w2 = input_weight_variance(config.q_star, point.sigma_b2, data.mean_square_input)
     model_cfg = {

@@ -1,0 +1,154 @@
+"""Finite-width signal propagation at initialisation, held against the infinite-width theory.
+
+Draws ``seeds`` EoC-initialised random networks (float64), feeds each the same
+kind of input batch, and records per hidden layer the empirical pre-activation
+variance q^l = mean(h^2) over units (and positions) and examples, and the
+fraction of exact zeros of phi(h). The theory's q^l is the variance map iterated
+from q^1 = q* (constant q* on the EoC: any drift is a finite-width effect, which
+ReLU_tau's half-stable fixed point turns into a blow-up; paper Section 4, THEORY.md 4.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from sparse_eoc.gp import iterate_variance, solve_eoc
+from sparse_eoc.nn.cnn import SparseCNN
+from sparse_eoc.nn.init import init_mlp_eoc_, input_weight_variance
+from sparse_eoc.nn.mlp import SparseMLP
+
+__all__ = ["Propagation", "propagate", "BLOW_UP"]
+
+#: A median variance above this counts as blown up.
+BLOW_UP = 1e30
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """Per-layer statistics over seeds; lists of length ``depth``, layer l at index l - 1.
+
+    Attributes:
+        layer: 1..L.
+        q_median, q_p10, q_p90: median and 10/90 % quantiles over seeds of the
+            empirical q^l; None where a value overflowed (inf or nan in float64).
+        sparsity: mean over seeds of the fraction of exact zeros of phi(h^l).
+        q_theory: the infinite-width q^l from q^1 = q* (None past overflow).
+        blown_up_at_layer: the first layer whose median passed 1e30 or
+            overflowed; None if never.
+    """
+
+    layer: list[int]
+    q_median: list[float | None]
+    q_p10: list[float | None]
+    q_p90: list[float | None]
+    sparsity: list[float | None]
+    q_theory: list[float | None]
+    blown_up_at_layer: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite_or_none(values: np.ndarray) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values]
+
+
+def propagate(
+    activation: str,
+    sparsity: float | None = None,
+    *,
+    q_star: float = 1.0,
+    m: float | None = None,
+    slope: float | None = None,
+    model: str = "mlp",
+    width: int = 300,
+    channels: int = 64,
+    kernel_size: int = 3,
+    padding_mode: str = "circular",
+    image_size: int = 8,
+    depth: int = 100,
+    seeds: int = 8,
+    batch_size: int = 64,
+    inputs: torch.Tensor | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Propagation:
+    """Propagate inputs through ``seeds`` random EoC networks and summarise each layer.
+
+    Args:
+        activation, sparsity, q_star, m, slope: the EoC point, as for
+            :func:`sparse_eoc.gp.solve_eoc`.
+        model: ``mlp`` (``depth`` x ``width``) or ``cnn`` (``depth`` conv layers
+            of ``channels`` channels, ``kernel_size``, ``padding_mode``).
+        image_size: side of the random input images for the CNN.
+        depth: hidden layers L >= 1.  seeds: networks drawn, >= 1.
+        batch_size: random inputs per network (ignored when ``inputs`` is given).
+        inputs: a fixed batch, e.g. standardised MNIST images: (B, in_features) for
+            the MLP, (B, C, H, W) for the CNN. None: standard Gaussian inputs,
+            (B, width) or (B, 3, image_size, image_size).
+        seed: seed s draws network s + seed and its inputs (explicit randomness).
+
+    Returns:
+        A :class:`Propagation`.
+
+    Raises:
+        ValueError: an unknown model, non-positive sizes, or bad EoC inputs.
+    """
+    if model not in ("mlp", "cnn"):
+        raise ValueError(f"model must be mlp or cnn, got model={model!r}")
+    for name, value in (("depth", depth), ("seeds", seeds), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+    point = solve_eoc(activation, sparsity, q_star, m=m, slope=slope)
+    q = np.full((seeds, depth), np.nan)  # (seeds, L)
+    zeros = np.full((seeds, depth), np.nan)  # (seeds, L)
+    for s in range(seeds):
+        gen = torch.Generator().manual_seed(seed + s)
+        x = inputs
+        if x is None:
+            shape = (batch_size, width) if model == "mlp" else (batch_size, 3, image_size, image_size)
+            x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        x = x.to(torch.float64)
+        if model == "mlp":
+            net = SparseMLP(x[0].numel(), 10, depth, width, point.activation, point.tau, point.m)
+        else:
+            net = SparseCNN(x.shape[1], 10, depth, channels, point.activation, point.tau, point.m,
+                            kernel_size=kernel_size, padding_mode=padding_mode)
+        net = net.double()
+        mean_square = float((x**2).mean())
+        init_mlp_eoc_(net, point.sigma_w2, point.sigma_b2,
+                      input_sigma_w2=input_weight_variance(q_star, point.sigma_b2, mean_square), generator=gen)
+        net.to(device)
+        with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"):
+            for l, (h, a) in enumerate(net.hidden_states(x.to(device))):
+                q[s, l] = (h**2).mean().item()  # over units (positions) and examples
+                zeros[s, l] = (a == 0).double().mean().item()
+                if not math.isfinite(q[s, l]):
+                    break  # everything deeper is inf/nan too
+
+    with np.errstate(invalid="ignore"):
+        q_inf = np.where(np.isfinite(q), q, np.inf)  # nan (inf - inf) counts as overflowed
+        median, p10, p90 = (np.quantile(q_inf, p, axis=0) for p in (0.5, 0.1, 0.9))
+    blown = np.nonzero(~(median <= BLOW_UP))[0]
+    theory = iterate_variance(q_star, point, depth - 1)  # q^1 .. q^L
+    return Propagation(
+        layer=list(range(1, depth + 1)),
+        q_median=_finite_or_none(median),
+        q_p10=_finite_or_none(p10),
+        q_p90=_finite_or_none(p90),
+        sparsity=_finite_or_none(_masked_mean(zeros, q)),
+        q_theory=_finite_or_none(np.asarray(theory, dtype=float)),
+        blown_up_at_layer=int(blown[0]) + 1 if blown.size else None,
+    )
+
+
+def _masked_mean(zeros: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Mean over seeds of the sparsity where q is finite; nan where no seed is."""
+    ok = np.isfinite(q)
+    count = ok.sum(axis=0)
+    total = np.where(ok, zeros, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
