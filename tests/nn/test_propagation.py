@@ -1,6 +1,6 @@
 """Infinite-width theory against real random networks at initialisation (float64).
 
-Width 300, depth 100, Gaussian inputs with mean square 1, five seeds. The theory
+Width 300, depth 100, Gaussian inputs, five seeds (via ``propagate``). The theory
 says q^l stays at q* = 1 for the clipped activations (a stable fixed point) and
 that ReLU_tau's half-stable point lets finite-width fluctuations above q* grow
 without bound. Observed here: crelu/cst medians 0.92-0.96 (every seed in
@@ -13,41 +13,38 @@ import torch
 
 from sparse_eoc.gp import solve_eoc, sparsity_from_tau
 from sparse_eoc.nn import SparseMLP, init_mlp_eoc_, input_weight_variance
+from sparse_eoc.nn.propagate import propagate
 
 DEPTH, WIDTH, SEEDS, BATCH = 100, 300, 5, 64
 
 
-def layer_variances(name, sparsity, **kw):
-    """Per seed and layer: the empirical pre-activation variance mean(h^2) and sparsity. (SEEDS, DEPTH)"""
-    point = solve_eoc(name, sparsity, 1.0, **kw)
-    q, s = np.empty((SEEDS, DEPTH)), np.empty((SEEDS, DEPTH))
-    for seed in range(SEEDS):
-        gen = torch.Generator().manual_seed(seed)
-        model = SparseMLP(WIDTH, 10, DEPTH, WIDTH, name, point.tau, point.m).double()
-        init_mlp_eoc_(model, point.sigma_w2, point.sigma_b2,
-                      input_sigma_w2=input_weight_variance(1.0, point.sigma_b2, 1.0), generator=gen)
-        x = torch.randn(BATCH, WIDTH, generator=gen, dtype=torch.float64)  # mean square 1
-        with torch.no_grad():
-            states = model.hidden_states(x)
-        q[seed] = [(h**2).mean().item() for h, _ in states]
-        s[seed] = [(a == 0).double().mean().item() for _, a in states]
-    return point, q, s
-
-
 @pytest.mark.parametrize("name", ["crelu", "cst"])
 def test_clipped_activations_hold_q_star_for_100_layers(name):
-    point, q, s = layer_variances(name, 0.85, slope=0.7)
-    assert 0.5 <= np.median(q[:, -1]) <= 2.0
+    result = propagate(name, 0.85, slope=0.7, depth=DEPTH, width=WIDTH, seeds=SEEDS, batch_size=BATCH)
+    assert 0.5 <= result.q_median[-1] <= 2.0
+    assert result.blown_up_at_layer is None
+    assert result.q_theory == [pytest.approx(1.0, rel=1e-12)] * DEPTH
     # Sparsity at layer 100 matches the target: binomial noise over 64 x 300 units per seed
     # is ~0.003, finite-width drift of q^l moves it by d s / d q ~ 0.1 per unit of q.
-    assert np.median(s[:, -1]) == pytest.approx(point.sparsity, abs=0.03)
+    assert result.sparsity[-1] == pytest.approx(0.85, abs=0.03)
 
 
 def test_relu_tau_blows_up():
-    _, q, s = layer_variances("relu_tau", 0.85)
-    assert np.median(q[:, -1]) > 1e3
+    result = propagate("relu_tau", 0.85, depth=DEPTH, width=WIDTH, seeds=SEEDS, batch_size=BATCH)
+    assert result.q_median[-1] is None or result.q_median[-1] > 1e3
+    assert result.q_median[0] == pytest.approx(1.0, abs=0.2)  # it starts at q*
     # and its sparsity collapses: at q >> q* the threshold tau zeroes barely half the units
-    assert np.median(s[:, -1]) < sparsity_from_tau("relu_tau", solve_eoc("relu_tau", 0.85).tau, 1e3)
+    tau = solve_eoc("relu_tau", 0.85).tau
+    assert result.sparsity[-1] < sparsity_from_tau("relu_tau", tau, 1e3)
+
+
+def test_overflow_is_reported_as_none_with_the_blow_up_layer():
+    result = propagate("st_tau", 0.9, depth=500, width=100, seeds=2, batch_size=8)
+    assert result.blown_up_at_layer is not None
+    i = result.blown_up_at_layer - 1
+    assert result.q_median[i] is None or result.q_median[i] > 1e30
+    assert all(q is None or q <= 1e30 for q in result.q_median[:i])
+    assert result.q_median[-1] is None and result.sparsity[-1] is None  # float64 overflowed before layer 500
 
 
 def test_first_layer_variance_is_q_star():
