@@ -257,6 +257,27 @@ def _moments(
     return s1 / flat.size, s2 / flat.size
 
 
+def _split_indices(n_train: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train_idx, val_idx) of a seeded split of ``n_train`` rows; val gets ``val_size``.
+
+    The validation rows are the first ``val_size`` of
+    ``numpy.random.default_rng(seed).permutation(n_train)``; both index arrays are sorted
+    so each split keeps the file order.
+
+    Raises:
+        ValueError: if ``val_size`` is not an integer in 0..n_train-1.
+    """
+    if isinstance(val_size, bool) or not (
+        isinstance(val_size, (int, np.integer)) and 0 <= val_size < n_train
+    ):
+        raise ValueError(
+            f"val_size must be an integer in 0..{n_train - 1} "
+            f"(0 <= val_size < {n_train} training examples), got val_size={val_size!r}"
+        )
+    perm = np.random.default_rng(seed).permutation(n_train)
+    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+
+
 def load_mnist(
     data_dir: str | os.PathLike, *, val_size: int = 0, seed: int = 0
 ) -> MNISTData:
@@ -292,18 +313,7 @@ def load_mnist(
             f"{test_path} has {tuple(test_images.shape[1:])}"
         )
 
-    n_train = len(train_images)
-    if isinstance(val_size, bool) or not (
-        isinstance(val_size, (int, np.integer)) and 0 <= val_size < n_train
-    ):
-        raise ValueError(
-            f"val_size must be an integer in 0..{n_train - 1} "
-            f"(0 <= val_size < {n_train} training examples), got val_size={val_size!r}"
-        )
-    perm = np.random.default_rng(seed).permutation(n_train)
-    val_idx = np.sort(perm[:val_size])
-    train_idx = np.sort(perm[val_size:])
-
+    train_idx, val_idx = _split_indices(len(train_images), val_size, seed)
     x_all = _to_unit(train_images)  # (N_train_file, H*W)
     y_all = train_labels.astype(np.int64)
     if val_size:

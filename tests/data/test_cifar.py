@@ -1,0 +1,334 @@
+"""Tests of sparse_eoc.data.cifar: CIFAR-10 pickle batches, their errors, ImageDataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_eoc.data import (
+    CIFAR10_DIR,
+    DATASET_LOADERS,
+    MNIST_FILES,
+    DataFileError,
+    ImageDataset,
+    load_cifar10,
+    load_image_dataset,
+    load_mnist,
+)
+from sparse_eoc.data.cifar import _extract_tar_safely
+
+N_PER_BATCH, N_TEST = 20, 10
+NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
+         b"dog", b"frog", b"horse", b"ship", b"truck"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def write_batch(path: Path, obj) -> Path:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return path
+
+
+def write_cifar(parent: Path, *, meta: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+    """A tiny CIFAR-10 in ``parent/cifar-10-batches-py``: 5 x 20 train, 10 test images.
+
+    Returns the raw arrays: x_train uint8 (100, 3072), y_train (100,), x_test, y_test.
+    """
+    rng = np.random.default_rng(seed)
+    d = parent / CIFAR10_DIR
+    d.mkdir(parents=True)
+    xs, ys = [], []
+    for i in range(1, 6):
+        x = rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8)
+        y = rng.integers(0, 10, N_PER_BATCH).tolist()
+        write_batch(d / f"data_batch_{i}", {b"batch_label": b"b", b"data": x, b"labels": y})
+        xs.append(x)
+        ys.append(y)
+    x_test = rng.integers(0, 256, (N_TEST, 3072), dtype=np.uint8)
+    y_test = rng.integers(0, 10, N_TEST).tolist()
+    write_batch(d / "test_batch", {b"data": x_test, b"labels": y_test})
+    if meta:
+        write_batch(d / "batches.meta", {b"label_names": NAMES, b"num_vis": 3072})
+    return {
+        "x_train": np.concatenate(xs),
+        "y_train": np.concatenate(ys),
+        "x_test": x_test,
+        "y_test": np.array(y_test),
+    }
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    return tmp_path, write_cifar(tmp_path)
+
+
+def unstandardise(data: ImageDataset, x: np.ndarray) -> np.ndarray:
+    """(N, C*H*W) standardised -> (N, C, H, W) in [0, 1] units."""
+    mean = np.array(data.mean)[None, :, None, None]
+    std = np.array(data.std)[None, :, None, None]
+    return x.reshape(len(x), *data.image_shape) * std + mean  # (N, C, H, W)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_shapes_labels_and_names(cifar):
+    parent, raw = cifar
+    data = load_cifar10(parent)
+    assert data.image_shape == (3, 32, 32) and data.input_dim == 3072
+    assert data.x_train.shape == (100, 3072) and data.x_train.dtype == np.float32
+    assert data.x_test.shape == (10, 3072) and data.x_test.dtype == np.float32
+    assert data.x_val.shape == (0, 3072) and data.y_val.shape == (0,)
+    assert data.y_train.dtype == np.int64 and data.y_test.dtype == np.int64
+    np.testing.assert_array_equal(data.y_train, raw["y_train"])
+    np.testing.assert_array_equal(data.y_test, raw["y_test"])
+    assert data.num_classes == 10
+    assert data.class_names == tuple(n.decode() for n in NAMES)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.num_classes = 3
+
+
+def test_per_channel_standardisation(cifar):
+    parent, raw = cifar
+    data = load_cifar10(parent)
+    x = data.x_train.reshape(-1, 3, 32 * 32).astype(np.float64)  # (N, C, H*W)
+    np.testing.assert_allclose(x.mean(axis=(0, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x.std(axis=(0, 2)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(data.mean_square_input, (x**2).mean(), rtol=1e-6)
+    # float64 reference; the loader scales to [0, 1] in float32 (relative error ~6e-8)
+    u = raw["x_train"].reshape(-1, 3, 1024) / 255.0  # (N, C, H*W)
+    np.testing.assert_allclose(data.mean, u.mean(axis=(0, 2)), rtol=1e-6)
+    np.testing.assert_allclose(data.std, u.std(axis=(0, 2)), rtol=1e-6)
+    # the test split uses the training constants and round-trips to the stored pixels
+    back = unstandardise(data, data.x_test).reshape(len(data.x_test), -1)
+    np.testing.assert_allclose(back * 255.0, raw["x_test"], atol=1e-3)
+
+
+def test_channel_height_width_order(tmp_path):
+    """Row-major R, G, B planes: a constant-255 R plane is channel 0 after un-standardising."""
+    raw = write_cifar(tmp_path)
+    d = tmp_path / CIFAR10_DIR
+    x = raw["x_train"][:N_PER_BATCH].copy()
+    x[0, :1024] = 255  # image 0: R plane all 255
+    x[0, 1024 + 5 * 32 + 7] = 0  # G pixel (row 5, col 7) = 0
+    x[0, 2048 + 31] = 1  # B pixel (row 0, col 31) = 1
+    write_batch(d / "data_batch_1", {b"data": x, b"labels": raw["y_train"][:20].tolist()})
+    data = load_cifar10(tmp_path)
+    img = unstandardise(data, data.x_train[:1])[0] * 255.0  # (C, H, W)
+    np.testing.assert_allclose(img[0], 255.0, atol=1e-3)
+    assert abs(img[1, 5, 7]) < 1e-3 and abs(img[2, 0, 31] - 1.0) < 1e-3
+
+
+def test_accepts_batches_dir_or_parent(cifar):
+    parent, _ = cifar
+    a, b = load_cifar10(parent), load_cifar10(parent / CIFAR10_DIR)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+
+
+def test_meta_is_optional(tmp_path):
+    write_cifar(tmp_path, meta=False)
+    assert load_cifar10(tmp_path).class_names == ()
+
+
+def test_validation_split(cifar):
+    parent, raw = cifar
+    full = load_cifar10(parent)
+    data = load_cifar10(parent, val_size=30, seed=4)
+    assert data.x_train.shape == (70, 3072) and data.x_val.shape == (30, 3072)
+    assert len(data.y_train) == 70 and len(data.y_val) == 30
+    # the same rows load_mnist would hold out: first val_size of a seeded permutation
+    val_idx = np.sort(np.random.default_rng(4).permutation(100)[:30])
+    np.testing.assert_array_equal(data.y_val, raw["y_train"][val_idx])
+    back = unstandardise(data, data.x_val).reshape(30, -1) * 255.0
+    np.testing.assert_allclose(back, raw["x_train"][val_idx], atol=1e-3)
+    # constants come from the 70 training rows only
+    x = data.x_train.reshape(70, 3, -1).astype(np.float64)  # (N, C, H*W)
+    np.testing.assert_allclose(x.mean(axis=(0, 2)), 0.0, atol=1e-5)
+    assert data.mean != full.mean
+    again = load_cifar10(parent, val_size=30, seed=4)
+    np.testing.assert_array_equal(again.x_val, data.x_val)
+
+
+@pytest.mark.parametrize("val_size", [-1, 100, 2.5, True])
+def test_val_size_out_of_range(cifar, val_size):
+    with pytest.raises(ValueError, match=r"val_size must be an integer in 0\.\.99"):
+        load_cifar10(cifar[0], val_size=val_size)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_missing_directory_says_where_to_extract(tmp_path):
+    with pytest.raises(DataFileError) as err:
+        load_cifar10(tmp_path)
+    msg = str(err.value)
+    expected = tmp_path / CIFAR10_DIR / "data_batch_1"
+    assert msg.startswith(f"{expected}: file not found")
+    assert "cifar-10-python.tar.gz" in msg and "https://www.cs.toronto.edu/~kriz/cifar.html" in msg
+    assert f"so that {expected} exists" in msg
+    # given the batches directory itself, the hint still names its parent layout
+    with pytest.raises(DataFileError, match="so that .*cifar-10-batches-py/data_batch_1 exists"):
+        load_cifar10(tmp_path / CIFAR10_DIR)
+
+
+def test_missing_test_batch_names_it(cifar):
+    parent, _ = cifar
+    path = parent / CIFAR10_DIR / "test_batch"
+    path.unlink()
+    with pytest.raises(DataFileError, match=rf"^{path}: file not found"):
+        load_cifar10(parent)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a pickle at all", pickle.dumps({b"data": 1})[:-5], pickle.dumps([1, 2, 3])],
+    ids=["empty", "text", "truncated", "list"],
+)
+def test_corrupt_batch(cifar, content):
+    parent, _ = cifar
+    path = parent / CIFAR10_DIR / "data_batch_3"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError, match=rf"^{path}: corrupt or not a CIFAR-10 batch"):
+        load_cifar10(parent)
+
+
+X_OK = np.zeros((N_PER_BATCH, 3072), np.uint8)
+Y_OK = [0] * N_PER_BATCH
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ({b"labels": Y_OK}, r"no key b'data'"),
+        ({b"data": X_OK}, r"no key b'labels'"),
+        ({b"data": X_OK.astype(np.int16), b"labels": Y_OK}, r"uint8 array of shape \(N, 3072\)"),
+        ({b"data": X_OK[:, :1024], b"labels": Y_OK}, r"got uint8 array of shape \(20, 1024\)"),
+        ({b"data": X_OK.reshape(20, 3, 32, 32), b"labels": Y_OK}, r"shape \(N, 3072\)"),
+        ({b"data": X_OK.tolist(), b"labels": Y_OK}, r"got list"),
+        ({b"data": X_OK, b"labels": Y_OK[:-1]}, r"20 images in b'data' but 19 entries"),
+        ({b"data": X_OK, b"labels": [0.5] * 20}, r"must be a list of ints"),
+        ({b"data": X_OK, b"labels": [10] * 20}, r"label 10 outside 0\.\.9"),
+        ({b"data": X_OK, b"labels": [-1] * 20}, r"label -1 outside 0\.\.9"),
+    ],
+    ids=["no-data", "no-labels", "int16", "short-rows", "4d", "list-data",
+         "count", "float-labels", "label-10", "label-neg"],
+)
+def test_malformed_batch(cifar, batch, message):
+    parent, _ = cifar
+    path = write_batch(parent / CIFAR10_DIR / "data_batch_2", batch)
+    with pytest.raises(DataFileError, match=rf"^{path}: .*{message}"):
+        load_cifar10(parent)
+
+
+def test_str_keys_are_accepted(cifar):
+    parent, _ = cifar
+    write_batch(parent / CIFAR10_DIR / "test_batch", {"data": X_OK[:N_TEST], "labels": Y_OK[:N_TEST]})
+    assert load_cifar10(parent).x_test.shape == (N_TEST, 3072)
+
+
+def test_malformed_meta(cifar):
+    parent, _ = cifar
+    path = write_batch(parent / CIFAR10_DIR / "batches.meta", {b"label_names": [b"cat"]})
+    with pytest.raises(DataFileError, match=rf"^{path}: b'label_names' must be a list of 10"):
+        load_cifar10(parent)
+
+
+def test_constant_channel_cannot_be_standardised(tmp_path):
+    raw = write_cifar(tmp_path)
+    d = tmp_path / CIFAR10_DIR
+    for i in range(1, 6):
+        x = raw["x_train"][(i - 1) * 20 : i * 20].copy()
+        x[:, 1024:2048] = 7  # G constant everywhere
+        write_batch(d / f"data_batch_{i}", {b"data": x, b"labels": Y_OK})
+    with pytest.raises(DataFileError, match=r"data_batch_1: channel 1 .*cannot standardise"):
+        load_cifar10(tmp_path)
+
+
+# ---------------------------------------------------------------- load_image_dataset
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A raw uint8 IDX file (magic 00 00 08 ndim, big-endian sizes); as tests/conftest.py."""
+    sizes = b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + sizes + array.astype(np.uint8).tobytes())
+
+
+
+def test_load_image_dataset_mnist(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (30, 5, 4), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, 30).astype(np.uint8),
+        "test_images": rng.integers(0, 256, (8, 5, 4), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, 8).astype(np.uint8),
+    }
+    for role, arr in arrays.items():
+        write_idx(tmp_path / MNIST_FILES[role], arr)
+    data = load_image_dataset("mnist", tmp_path, val_size=6, seed=2)
+    ref = load_mnist(tmp_path, val_size=6, seed=2)
+    assert isinstance(data, ImageDataset)
+    assert data.image_shape == (1, 5, 4) and data.input_dim == 20
+    assert data.mean == (ref.mean,) and data.std == (ref.std,)
+    assert data.num_classes == ref.num_classes and data.class_names == ()
+    assert data.mean_square_input == ref.mean_square_input
+    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(data, field), getattr(ref, field))
+
+
+def test_load_image_dataset_cifar10(cifar):
+    parent, _ = cifar
+    data = load_image_dataset("cifar10", parent, val_size=10, seed=1)
+    ref = load_cifar10(parent, val_size=10, seed=1)
+    assert data.image_shape == (3, 32, 32) and data.mean == ref.mean
+    np.testing.assert_array_equal(data.x_val, ref.x_val)
+
+
+def test_load_image_dataset_unknown_name(tmp_path):
+    with pytest.raises(ValueError, match=r"name must be one of 'mnist', 'cifar10', got name='svhn'"):
+        load_image_dataset("svhn", tmp_path)
+    assert set(DATASET_LOADERS) == {"mnist", "cifar10"}
+
+
+# ---------------------------------------------------------------- safe extraction (no network)
+
+
+def make_tar(path: Path, members: list[tuple[str, bytes | None]]) -> Path:
+    """A .tar.gz of regular files (name, bytes) and symlinks (name, None -> '/etc/passwd')."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if content is None:
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+def test_extract_tar_safely_extracts(tmp_path):
+    archive = make_tar(tmp_path / "a.tar.gz", [(f"{CIFAR10_DIR}/data_batch_1", b"x")])
+    _extract_tar_safely(archive, tmp_path / "out")
+    assert (tmp_path / "out" / CIFAR10_DIR / "data_batch_1").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("/tmp/evil", "unsafe member path"), ("a/../../evil", "unsafe member path"),
+     ("link", "member 'link' is not a regular file or directory")],
+)
+def test_extract_tar_safely_rejects(tmp_path, name, message):
+    content = None if name == "link" else b"x"
+    archive = make_tar(tmp_path / "a.tar.gz", [("ok", b"fine"), (name, content)])
+    with pytest.raises(DataFileError, match=rf"^{archive}: {message}"):
+        _extract_tar_safely(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "ok").exists()  # nothing extracted
