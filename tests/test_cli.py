@@ -190,3 +190,22 @@ def test_train_missing_data_names_the_file(tmp_path, capsys):
     argv = ["train", "--activation", "relu", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]
     assert main(argv) == 2
     assert "train-images-idx3-ubyte" in capsys.readouterr().err
+
+
+def test_figures_only_one(tmp_path, capsys):
+    assert main(["figures", "--out", str(tmp_path), "--only", "2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["02_variance_maps.pdf", "02_variance_maps.png", "index.md"]
+
+
+def test_figures_unknown_number(tmp_path, capsys):
+    assert main(["figures", "--out", str(tmp_path), "--only", "9"]) == 2
+    assert "only must be one of" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sparse_eoc", "eoc", "--activation", "relu", "--json"],
+                          capture_output=True, text=True, check=True)
+    assert _strict(proc.stdout)["sigma_w2"] == 2.0

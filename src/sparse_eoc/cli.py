@@ -161,11 +161,13 @@ def _figures_command(args: argparse.Namespace) -> int:
 
 
 def _train_command(args: argparse.Namespace) -> int:
-    from sparse_eoc.train import TrainConfig, train  # torch is imported only here
+    from sparse_eoc.train import TrainConfig, get_preset, train  # torch is imported only here
 
     settings: dict = {}
-    if args.config:
+    if args.config:  # a run's resolved settings, preset included
         settings.update(TrainConfig.from_dict(json.loads(Path(args.config).read_text())).to_dict())
+    if args.preset:
+        settings.update(get_preset(args.preset), preset=args.preset)
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:
@@ -202,11 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eoc_command)
 
-    p = sub.add_parser("train", help="train an EoC-initialised sparse MLP on MNIST-format data")
+    p = sub.add_parser("train", help="train an EoC-initialised sparse MLP or CNN")
     p.add_argument("--config", help="a run's config.json to rerun; explicit options override it")
     _add_eoc_options(p, defaults=False)
-    p.add_argument("--depth", type=int, help="hidden layers (default 30)")
-    p.add_argument("--width", type=int, help="units per hidden layer (default 300)")
+    p.add_argument("--preset", help="named settings to start from: mlp-mnist-cpu, cnn-mnist-cpu; "
+                   "explicit options override them")
+    p.add_argument("--model", choices=["mlp", "cnn"], help="default mlp")
+    p.add_argument("--depth", type=int, help="hidden (MLP) or conv (CNN) layers (default 30)")
+    p.add_argument("--width", type=int, help="units per hidden layer, MLP (default 300)")
+    p.add_argument("--channels", type=int, help="channels per conv layer, CNN (default 32)")
+    p.add_argument("--kernel-size", type=int, help="odd kernel size, CNN (default 3)")
+    p.add_argument("--padding-mode", choices=["zeros", "circular"], help="CNN padding (default zeros)")
+    p.add_argument("--weight-init", choices=["gaussian", "delta_orthogonal"],
+                   help="gaussian (default) or delta_orthogonal (CNN)")
     p.add_argument("--epochs", type=int, help="default 5")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd (the paper's)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
@@ -216,7 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--val-size", type=int, help="training examples held out for validation (default 0)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--data-dir", help="directory with the four MNIST-format IDX files")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--dataset", choices=["mnist", "cifar10"],
+                   help="mnist: any MNIST-format IDX files (default); cifar10: the python pickle batches")
+    p.add_argument("--data-dir", help="directory with the dataset's files")
+    p.add_argument("--augment", action="store_const", const=True,
+                   help="random crop and horizontal flip of training images (CNN)")
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_command)

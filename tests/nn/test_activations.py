@@ -21,8 +21,8 @@ def params(name):
 
 
 def call(name, x, tau, m):
-    """The torch function of ``name`` with the registry's (tau, m) signature."""
-    return FUNCS[name](x, tau, m) if get_activation(name).clipped else FUNCS[name](x, tau)
+    """The torch function of ``name`` (same (x, tau, m) signature as the NumPy twin)."""
+    return FUNCS[name](x, tau, m)
 
 
 def points_away_from_kinks(tau, m, n=4000, margin=1e-3, seed=0):
@@ -116,15 +116,19 @@ def test_invalid_params_raise_naming_argument(name, tau, m, arg):
         m = M if m == 0.0 else m  # unclipped ones reject any finite m too
     with pytest.raises(ValueError, match=rf"\b{arg}\b"):
         make_activation(name, tau, m)
-    if get_activation(name).clipped or arg == "tau":
-        with pytest.raises(ValueError, match=rf"\b{arg}\b"):
-            call(name, torch.zeros(3), tau, m)
+    with pytest.raises(ValueError, match=rf"\b{arg}\b"):
+        call(name, torch.zeros(3), tau, m)
+    with pytest.raises(ValueError, match=rf"\b{arg}\b"):
+        MODULES[name](tau, m)
 
 
 def test_unclipped_reject_finite_m_and_unknown_name():
     for name in ("relu_tau", "st_tau", "relu"):
         with pytest.raises(ValueError, match=r"\bm\b"):
             make_activation(name, 0.0, 1.0)
+    for name in ("relu_tau", "st_tau"):
+        with pytest.raises(ValueError, match=r"\bm\b"):
+            FUNCS[name](torch.zeros(3), 0.0, 1.0)
     with pytest.raises(ValueError, match="relu_tau, st_tau, crelu, cst"):
         make_activation("gelu")
     with pytest.raises(ValueError, match=r"\btau\b"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparse_eoc.gp import solve_eoc
-from sparse_eoc.nn import SparsityMeter, init_mlp_eoc_
+from sparse_eoc.nn import SparsityMeter, init_eoc_
 from sparse_eoc.nn.cnn import SparseCNN
 
 CASES = [("relu", None, {}), ("relu_tau", 0.7, {}), ("st_tau", 0.7, {}), ("crelu", 0.8, {"slope": 0.6}),
@@ -16,7 +16,7 @@ CASES = [("relu", None, {}), ("relu_tau", 0.7, {}), ("st_tau", 0.7, {}), ("crelu
 def make_cnn(name, s, kw, padding_mode="zeros", depth=4, seed=0):
     p = solve_eoc(name, s, **kw)
     model = SparseCNN(3, 10, depth, 16, name, p.tau, p.m, kernel_size=3, padding_mode=padding_mode)
-    init_mlp_eoc_(model, p.sigma_w2, p.sigma_b2, generator=torch.Generator().manual_seed(seed))
+    init_eoc_(model, p.sigma_w2, p.sigma_b2, generator=torch.Generator().manual_seed(seed))
     return model
 
 

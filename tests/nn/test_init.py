@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_eoc.nn import SparseMLP, eoc_normal_, init_mlp_eoc_, input_weight_variance
+from sparse_eoc.nn import SparseMLP, eoc_normal_, init_eoc_, input_weight_variance
 
 N_SE = 5  # standard errors allowed
 
@@ -47,11 +47,11 @@ def test_generator_makes_it_repeatable():
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
-def test_init_mlp_eoc_layers():
+def test_init_eoc_layers():
     model = SparseMLP(500, 10, depth=3, width=1000, activation="crelu", tau=1.0, m=1.0)
     sw2, sb2, sw2_in = 8.5, 0.66, input_weight_variance(1.0, 0.66, 0.5)
     assert sw2_in == pytest.approx((1.0 - 0.66) / 0.5)
-    init_mlp_eoc_(model, sw2, sb2, input_sigma_w2=sw2_in, generator=torch.Generator().manual_seed(3))
+    init_eoc_(model, sw2, sb2, input_sigma_w2=sw2_in, generator=torch.Generator().manual_seed(3))
     assert_normal_moments(model.hidden[0].weight, sw2_in / 500)
     for layer in model.hidden[1:]:
         assert_normal_moments(layer.weight, sw2 / 1000)
@@ -59,7 +59,7 @@ def test_init_mlp_eoc_layers():
     assert_normal_moments(model.readout.weight, 1.0 / 1000)
     assert torch.all(model.readout.bias == 0)
     # no input_sigma_w2: the first layer uses sigma_w2
-    init_mlp_eoc_(model, sw2, sb2, generator=torch.Generator().manual_seed(4))
+    init_eoc_(model, sw2, sb2, generator=torch.Generator().manual_seed(4))
     assert_normal_moments(model.hidden[0].weight, sw2 / 500)
 
 
@@ -69,7 +69,7 @@ def test_first_layer_variance_is_q_star():
     x = 2.0 * torch.randn(256, 300, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     msi = x.square().mean().item()
     model = SparseMLP(300, 2, 1, 2000, "relu").double()
-    init_mlp_eoc_(model, 2.0, sb2, input_sigma_w2=input_weight_variance(q_star, sb2, msi),
+    init_eoc_(model, 2.0, sb2, input_sigma_w2=input_weight_variance(q_star, sb2, msi),
                   generator=torch.Generator().manual_seed(6))
     h = model.hidden_states(x)[0][0]  # (256, 2000)
     # per-input variance over 2000 units, then averaged; loose band for the shared inputs
@@ -84,15 +84,15 @@ def test_invalid_variances_raise(sw2, sb2, arg):
     with pytest.raises(ValueError, match=rf"\b{arg}\b"):
         eoc_normal_(nn.Linear(3, 3), sw2, sb2)
     with pytest.raises(ValueError, match=rf"\b{arg}\b"):
-        init_mlp_eoc_(SparseMLP(3, 2, 2, 3, "relu"), sw2, sb2)
+        init_eoc_(SparseMLP(3, 2, 2, 3, "relu"), sw2, sb2)
 
 
 def test_invalid_input_and_readout_variances_raise():
     model = SparseMLP(3, 2, 2, 3, "relu")
     with pytest.raises(ValueError, match=r"\binput_sigma_w2\b"):
-        init_mlp_eoc_(model, 2.0, 0.0, input_sigma_w2=0.0)
+        init_eoc_(model, 2.0, 0.0, input_sigma_w2=0.0)
     with pytest.raises(ValueError, match=r"\breadout_sigma_w2\b"):
-        init_mlp_eoc_(model, 2.0, 0.0, readout_sigma_w2=-1.0)
+        init_eoc_(model, 2.0, 0.0, readout_sigma_w2=-1.0)
 
 
 @pytest.mark.parametrize("q_star, sb2, msi, arg", [(1.0, 1.0, 1.0, "sigma_b2"), (1.0, 1.5, 1.0, "sigma_b2"),

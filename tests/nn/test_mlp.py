@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sparse_eoc.activations import ACTIVATIONS, get_activation
-from sparse_eoc.nn import SparseMLP, init_mlp_eoc_
+from sparse_eoc.nn import SparseMLP, init_eoc_
 
 # (tau, m, sigma_w2, sigma_b2) near the EoC for each entry (THEORY.md section 4 table).
 SETTINGS = {
@@ -22,7 +22,7 @@ SETTINGS = {
 def make(name, depth=4, width=32, in_features=20, num_classes=5, seed=0, dtype=torch.float64):
     tau, m, sw2, sb2 = SETTINGS[name]
     model = SparseMLP(in_features, num_classes, depth, width, name, tau, m)
-    init_mlp_eoc_(model, sw2, sb2, generator=torch.Generator().manual_seed(seed))
+    init_eoc_(model, sw2, sb2, generator=torch.Generator().manual_seed(seed))
     return model.to(dtype)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sparse_eoc.gp import solve_eoc, sparsity_from_tau
-from sparse_eoc.nn import SparseMLP, init_mlp_eoc_, input_weight_variance
+from sparse_eoc.nn import SparseMLP, init_eoc_, input_weight_variance
 from sparse_eoc.nn.propagate import propagate
 
 DEPTH, WIDTH, SEEDS, BATCH = 100, 300, 5, 64
@@ -54,7 +54,7 @@ def test_first_layer_variance_is_q_star():
     point = solve_eoc("crelu", 0.7, q_star, slope=0.7)
     gen = torch.Generator().manual_seed(0)
     model = SparseMLP(WIDTH, 10, 1, n_units, "crelu", point.tau, point.m).double()
-    init_mlp_eoc_(model, point.sigma_w2, point.sigma_b2,
+    init_eoc_(model, point.sigma_w2, point.sigma_b2,
                   input_sigma_w2=input_weight_variance(q_star, point.sigma_b2, 2.0), generator=gen)
     x = torch.randn(1, WIDTH, generator=gen, dtype=torch.float64)
     x *= torch.sqrt(2.0 / (x**2).mean())  # (1, WIDTH), mean square exactly 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparse_eoc.activations import ACTIVATIONS, get_activation
-from sparse_eoc.nn import SparseMLP, SparsityMeter, init_mlp_eoc_
+from sparse_eoc.nn import SparseMLP, SparsityMeter, init_eoc_
 
 
 def test_hand_checkable_example():
@@ -41,7 +41,7 @@ def test_hand_checkable_example():
 def test_matches_naive_count_on_random_mlp(name):
     tau, m = (0.6, 0.9) if get_activation(name).clipped else (0.6, math.inf)
     model = SparseMLP(20, 4, depth=5, width=50, activation=name, tau=tau, m=m)
-    init_mlp_eoc_(model, 3.0, 0.2, generator=torch.Generator().manual_seed(0))
+    init_eoc_(model, 3.0, 0.2, generator=torch.Generator().manual_seed(0))
     meter = SparsityMeter()
     model.meter = meter
     gen = torch.Generator().manual_seed(1)

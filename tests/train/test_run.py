@@ -18,7 +18,7 @@ def small_config(data_dir, **changes):
 def test_load_run_rebuilds_the_trained_model(tmp_path, mnist_subset_dir):
     result = train(small_config(mnist_subset_dir), tmp_path, progress=False)
     model, config = load_run(tmp_path)
-    assert config["model"]["depth"] == 3 and not model.training
+    assert config["network"]["depth"] == 3 and not model.training
     data = load_mnist(mnist_subset_dir)
     acc, _ = evaluate(model, torch.from_numpy(data.x_test), torch.from_numpy(data.y_test))
     assert acc == result["test_accuracy"]

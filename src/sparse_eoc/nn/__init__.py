@@ -12,7 +12,8 @@ from sparse_eoc.nn.activations import (
     relu_tau,
     st_tau,
 )
-from sparse_eoc.nn.init import eoc_normal_, init_mlp_eoc_, input_weight_variance
+from sparse_eoc.nn.cnn import SparseCNN
+from sparse_eoc.nn.init import WEIGHT_INITS, delta_orthogonal_, eoc_normal_, init_eoc_, input_weight_variance
 from sparse_eoc.nn.mlp import SparseMLP
 from sparse_eoc.nn.sparsity import SparsityMeter
 
@@ -22,12 +23,15 @@ __all__ = [
     "ReLUTau",
     "STTau",
     "SparseActivation",
+    "SparseCNN",
     "SparseMLP",
+    "WEIGHT_INITS",
+    "delta_orthogonal_",
     "SparsityMeter",
     "crelu",
     "cst",
     "eoc_normal_",
-    "init_mlp_eoc_",
+    "init_eoc_",
     "input_weight_variance",
     "make_activation",
     "relu_tau",

@@ -16,7 +16,8 @@ rather than ``clamp`` because its backward is one fused kernel with strict
 inequalities (``clamp``'s backward passes the gradient at the clip points).
 
 ``m = inf`` is allowed for ``crelu``/``cst`` and then equals ``relu_tau``/``st_tau``;
-``relu_tau``/``st_tau`` take no ``m``. All shapes are elementwise: input and
+all four take ``(x, tau, m)`` like their NumPy twins, and the unclipped
+``relu_tau``/``st_tau`` require ``m = inf``. All shapes are elementwise: input and
 output have the same shape ``(*)``, dtype and device.
 
 Every module also exposes the split used by :class:`~sparse_eoc.nn.mlp.SparseMLP`
@@ -53,34 +54,36 @@ __all__ = [
 # --------------------------------------------------------------------------- functions
 
 
-def relu_tau(x: Tensor, tau: float = 0.0) -> Tensor:
+def relu_tau(x: Tensor, tau: float = 0.0, m: float = math.inf) -> Tensor:
     """ReLU_tau(x) = max(0, x - tau), elementwise.
 
     Args:
         x: pre-activation h, any shape ``(*)``.
         tau: threshold, finite and >= 0 (tau = 0 is plain ReLU).
+        m: must be ``inf`` (unclipped); accepted for the registry's common signature.
 
     Returns:
         Tensor of the shape, dtype and device of ``x``.
 
     Raises:
-        ValueError: if ``tau`` is not finite and >= 0.
+        ValueError: if ``tau`` is not finite and >= 0, or ``m`` is not inf.
     """
-    tau, _ = get_activation("relu_tau").check_params(tau)
+    tau, _ = get_activation("relu_tau").check_params(tau, m)
     return torch.relu(x - tau) if tau else torch.relu(x)
 
 
-def st_tau(x: Tensor, tau: float = 0.0) -> Tensor:
+def st_tau(x: Tensor, tau: float = 0.0, m: float = math.inf) -> Tensor:
     """ST_tau(x) = sign(x) max(0, |x| - tau) (soft thresholding), elementwise.
 
     Args:
         x: pre-activation h, any shape ``(*)``.
         tau: threshold, finite and >= 0.
+        m: must be ``inf`` (unclipped); accepted for the registry's common signature.
 
     Raises:
-        ValueError: if ``tau`` is not finite and >= 0.
+        ValueError: if ``tau`` is not finite and >= 0, or ``m`` is not inf.
     """
-    tau, _ = get_activation("st_tau").check_params(tau)
+    tau, _ = get_activation("st_tau").check_params(tau, m)
     return F.softshrink(x, tau)
 
 
@@ -137,6 +140,9 @@ def _clip_(s: Tensor, m: float) -> Tensor:
 class SparseActivation(nn.Module):
     """Base class: an activation from the registry with fixed (tau, m).
 
+    Subclasses are built as ``cls(tau=0.0, m=inf)``; the unclipped ones require
+    ``m = inf``. Raises ValueError for invalid (tau, m), naming the argument.
+
     Attributes:
         name: registry name (``relu_tau``, ``st_tau``, ``crelu``, ``cst``).
         tau: threshold, >= 0.
@@ -171,9 +177,6 @@ class ReLUTau(SparseActivation):
 
     name = "relu_tau"
 
-    def __init__(self, tau: float = 0.0) -> None:
-        super().__init__(tau)
-
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x - self.tau) if self.tau else torch.relu(x)
 
@@ -185,9 +188,6 @@ class STTau(SparseActivation):
     """ST_tau(x) = sign(x) max(0, |x| - tau); see :func:`st_tau`. Shape ``(*) -> (*)``."""
 
     name = "st_tau"
-
-    def __init__(self, tau: float = 0.0) -> None:
-        super().__init__(tau)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.softshrink(x, self.tau)
@@ -250,5 +250,4 @@ def make_activation(name: str, tau: float = 0.0, m: float = math.inf) -> SparseA
     if key != name and tau != 0.0:
         raise ValueError(f"tau must be 0 for the alias {name!r} (plain ReLU), got tau={tau!r}; "
                          f"use {key!r} for a threshold")
-    cls = MODULES[key]
-    return cls(tau, m) if get_activation(key).clipped else cls(tau)
+    return MODULES[key](tau, m)

@@ -17,7 +17,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["eoc_normal_", "init_mlp_eoc_", "input_weight_variance"]
+__all__ = ["eoc_normal_", "delta_orthogonal_", "init_eoc_", "input_weight_variance", "WEIGHT_INITS"]
+
+#: Weight initialisations of :func:`init_eoc_`.
+WEIGHT_INITS = ("gaussian", "delta_orthogonal")
 
 
 def _check_variances(sigma_w2: float, sigma_b2: float, prefix: str = "") -> tuple[float, float]:
@@ -79,6 +82,59 @@ def eoc_normal_(
     return target
 
 
+def delta_orthogonal_(
+    conv: nn.Module,
+    sigma_w2: float,
+    sigma_b2: float = 0.0,
+    *,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Delta-orthogonal initialisation of a k x k convolution (Xiao et al. 2018, Algorithm 2).
+
+    Every tap is zero except the centre one, which is a random (semi-)orthogonal
+    (C_out, C_in) matrix scaled to the Gaussian initialisation's signal gain: each
+    output channel's mean squared pre-activation is sigma_w2 times the mean square of
+    its input channels at that position, as with W ~ N(0, sigma_w2 / fan_in) on a
+    stationary input. Rows are orthonormal when C_out <= C_in (gain sqrt(sigma_w2));
+    columns are when C_out > C_in (gain sqrt(sigma_w2 C_out / C_in)). The bias is
+    N(0, sigma_b2) as for the Gaussian initialisation.
+
+    Args:
+        conv: an ``nn.Conv2d`` (weight (C_out, C_in, k, k), k odd) with optional bias.
+        sigma_w2: sigma_w^2 > 0.  sigma_b2: sigma_b^2 >= 0.
+        generator: random source; None = global RNG.
+
+    Returns:
+        ``conv``, filled.
+
+    Raises:
+        ValueError: a bad variance, a weight that is not 4-D, or an even kernel.
+    """
+    sigma_w2, sigma_b2 = _check_variances(sigma_w2, sigma_b2)
+    weight = conv.weight
+    if weight.dim() != 4 or weight.shape[2] % 2 == 0 or weight.shape[3] % 2 == 0:
+        raise ValueError(f"delta_orthogonal_ needs a conv weight (C_out, C_in, k, k) with odd k, "
+                         f"got shape {tuple(weight.shape)}")
+    c_out, c_in, kh, kw = weight.shape
+    gain = math.sqrt(sigma_w2 * max(1.0, c_out / c_in))
+    with torch.no_grad():
+        # QR of a Gaussian matrix: Q has orthonormal columns (tall) or rows (wide, via the transpose).
+        tall = c_out >= c_in
+        a = torch.randn((c_out, c_in) if tall else (c_in, c_out), generator=generator,
+                        dtype=weight.dtype, device=weight.device)
+        q, r = torch.linalg.qr(a)  # (rows, min) with orthonormal columns
+        q = q * torch.sign(torch.diagonal(r))  # Haar-distributed (Mezzadri 2007)
+        centre = q if tall else q.T  # (C_out, C_in)
+        weight.zero_()
+        weight[:, :, kh // 2, kw // 2] = gain * centre
+        if conv.bias is not None:
+            if sigma_b2 > 0:
+                conv.bias.normal_(0.0, math.sqrt(sigma_b2), generator=generator)
+            else:
+                conv.bias.zero_()
+    return conv
+
+
 def input_weight_variance(q_star: float, sigma_b2: float, mean_square_input: float) -> float:
     """First-layer sigma_w^2 that puts the first pre-activation variance at q*.
 
@@ -107,16 +163,18 @@ def input_weight_variance(q_star: float, sigma_b2: float, mean_square_input: flo
     return (q_star - sigma_b2) / msi
 
 
-def init_mlp_eoc_(
+def init_eoc_(
     model: nn.Module,
     sigma_w2: float,
     sigma_b2: float,
     *,
     input_sigma_w2: float | None = None,
     readout_sigma_w2: float = 1.0,
+    weight_init: str = "gaussian",
     generator: torch.Generator | None = None,
 ) -> nn.Module:
-    """Initialise a :class:`~sparse_eoc.nn.mlp.SparseMLP` in place on the EoC.
+    """Initialise a :class:`~sparse_eoc.nn.mlp.SparseMLP` or :class:`~sparse_eoc.nn.cnn.SparseCNN`
+    in place on the EoC.
 
     - hidden layers 2..L: W ~ N(0, sigma_w2 / width), b ~ N(0, sigma_b2);
     - hidden layer 1: W ~ N(0, input_sigma_w2 / in_features), b ~ N(0, sigma_b2)
@@ -132,6 +190,8 @@ def init_mlp_eoc_(
         sigma_b2: sigma_b^2 >= 0 of all hidden layers.
         input_sigma_w2: first-layer sigma_w^2 > 0; None = ``sigma_w2``.
         readout_sigma_w2: readout sigma_w^2 > 0.
+        weight_init: ``gaussian`` (the paper's) or ``delta_orthogonal`` (conv layers
+            only, :func:`delta_orthogonal_`, with the same sigma_w2).
         generator: random source on the model's device; None = global RNG.
             Layers are filled in order (first hidden layer to readout), so the same
             generator state gives the same network.
@@ -146,7 +206,10 @@ def init_mlp_eoc_(
     input_sigma_w2 = sigma_w2 if input_sigma_w2 is None else input_sigma_w2
     _check_variances(input_sigma_w2, sigma_b2, prefix="input_")
     _check_variances(readout_sigma_w2, 0.0, prefix="readout_")
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got weight_init={weight_init!r}")
+    fill = eoc_normal_ if weight_init == "gaussian" else delta_orthogonal_
     for i, layer in enumerate(model.hidden):
-        eoc_normal_(layer, input_sigma_w2 if i == 0 else sigma_w2, sigma_b2, generator=generator)
+        fill(layer, input_sigma_w2 if i == 0 else sigma_w2, sigma_b2, generator=generator)
     eoc_normal_(model.readout, readout_sigma_w2, 0.0, generator=generator)
     return model

@@ -99,7 +99,7 @@ class SparseMLP(nn.Module):
             set, every forward pass adds the exact zeros of each hidden output.
 
     The default parameters are ``nn.Linear``'s; use
-    :func:`sparse_eoc.nn.init.init_mlp_eoc_` for the paper's EoC initialisation.
+    :func:`sparse_eoc.nn.init.init_eoc_` for the paper's EoC initialisation.
 
     Speed: for the one-sided activations (``relu_tau``, ``crelu``) the forward
     folds tau into the bias, h^l - tau = x W^T + (b - tau), one ``addmm``, then one

@@ -18,7 +18,7 @@ import torch
 
 from sparse_eoc.gp import iterate_variance, solve_eoc
 from sparse_eoc.nn.cnn import SparseCNN
-from sparse_eoc.nn.init import init_mlp_eoc_, input_weight_variance
+from sparse_eoc.nn.init import init_eoc_, input_weight_variance
 from sparse_eoc.nn.mlp import SparseMLP
 
 __all__ = ["Propagation", "propagate", "BLOW_UP"]
@@ -120,7 +120,7 @@ def propagate(
                             kernel_size=kernel_size, padding_mode=padding_mode)
         net = net.double()
         mean_square = float((x**2).mean())
-        init_mlp_eoc_(net, point.sigma_w2, point.sigma_b2,
+        init_eoc_(net, point.sigma_w2, point.sigma_b2,
                       input_sigma_w2=input_weight_variance(q_star, point.sigma_b2, mean_square), generator=gen)
         net.to(device)
         with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"):

@@ -9,19 +9,25 @@ from typing import Any, Mapping
 
 from sparse_eoc.activations import canonical_name, get_activation
 from sparse_eoc.gp import RELU_SPARSITY
+from sparse_eoc.nn.cnn import PADDING_MODES
+from sparse_eoc.nn.init import WEIGHT_INITS
 
-__all__ = ["TrainConfig", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "MODELS", "PADDING_MODES", "WEIGHT_INITS", "DATASETS"]
 
 OPTIMIZERS = ("sgd", "adam")
+MODELS = ("mlp", "cnn")
+DATASETS = ("mnist", "cifar10")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; ``config.json`` stores it with what it resolves to.
 
-    The network is ``depth`` hidden layers of ``width`` units each followed by the
+    ``model="mlp"``: ``depth`` hidden layers of ``width`` units each followed by the
     activation, then a linear readout: depth = 3 means
     Linear(784, 300) -> phi -> Linear(300, 300) -> phi -> Linear(300, 300) -> phi -> Linear(300, 10).
+    ``model="cnn"``: ``depth`` k x k conv layers of ``channels`` channels each followed
+    by the activation, then global average pooling and a linear readout.
     """
 
     activation: str = "crelu"  # relu, relu_tau, st_tau, crelu, cst
@@ -29,8 +35,13 @@ class TrainConfig:
     slope: float | None = None  # target V'(q*) in (0, 1), clipped only; default 0.7 if m is None too
     m: float | None = None  # the clip; clipped only, exclusive with slope
     q_star: float = 1.0  # the fixed point of the variance map (paper: 1)
-    depth: int = 30  # hidden layers
-    width: int = 300  # units per hidden layer
+    model: str = "mlp"  # mlp or cnn
+    depth: int = 30  # hidden layers (MLP) or conv layers (CNN)
+    width: int = 300  # units per hidden layer (MLP)
+    channels: int = 32  # channels per conv layer (CNN)
+    kernel_size: int = 3  # odd k of the k x k kernels (CNN)
+    padding_mode: str = "zeros"  # zeros or circular (CNN)
+    weight_init: str = "gaussian"  # gaussian, or delta_orthogonal (CNN; Xiao et al. 2018)
     epochs: int = 5
     optimizer: str = "sgd"  # sgd (the paper's) or adam
     lr: float = 1e-3
@@ -40,7 +51,11 @@ class TrainConfig:
     seed: int = 0  # initialisation, shuffling and the validation split
     val_size: int = 0  # training examples held out for validation (the paper: 0)
     device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when present)
-    data_dir: str | None = None  # MNIST-format IDX files
+    threads: int | None = None  # torch CPU threads; None: torch's default (all cores)
+    dataset: str = "mnist"  # mnist (any MNIST-format IDX files) or cifar10 (python pickle batches)
+    data_dir: str | None = None
+    augment: bool = False  # random crop (padding 4) and horizontal flip of training images
+    preset: str | None = None  # the named preset these settings started from (a record)
 
     def __post_init__(self):
         canonical_name(self.activation)  # raises for an unknown name
@@ -63,6 +78,20 @@ class TrainConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_int("val_size", self.val_size, allow_zero=True)
         _positive_int("seed", self.seed, allow_zero=True)
+        _positive_int("channels", self.channels)
+        _positive_int("kernel_size", self.kernel_size)
+        if self.threads is not None:
+            _positive_int("threads", self.threads)
+        for name, valid in (("model", MODELS), ("padding_mode", PADDING_MODES), ("weight_init", WEIGHT_INITS),
+                            ("dataset", DATASETS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(valid)}, got {name}={getattr(self, name)!r}")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same padding), got kernel_size={self.kernel_size!r}")
+        if self.weight_init == "delta_orthogonal" and self.model != "cnn":
+            raise ValueError("weight_init=delta_orthogonal applies to model=cnn only")
+        if self.augment and self.model != "cnn":
+            raise ValueError("augment (random crop and flip) applies to model=cnn only")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("lr", "q_star"):

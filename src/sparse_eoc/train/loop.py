@@ -103,14 +103,16 @@ def train_epoch(
     meter: SparsityMeter | None = None,
     progress: Callable | None = None,
     epoch: int = 1,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float, Divergence | None]:
     """One pass over shuffled (x, y) in minibatches; cross-entropy, one optimiser step each.
 
     Args:
-        x: (N, in_features), y: (N,), on the model's device.
+        x: (N, in_features) or (N, C, H, W), y: (N,), on the model's device.
         generator: a CPU generator drawing the shuffling permutation (explicit randomness).
         meter: reset, then filled with the zeros of the training forward passes.
         progress: a callable wrapping the step range (e.g. a tqdm factory) or None.
+        augment: applied to each training batch of inputs (e.g. random crop and flip).
 
     Returns:
         (mean train loss, train accuracy, Divergence or None). On divergence, the
@@ -126,7 +128,9 @@ def train_epoch(
     with _metering(model, meter):
         for step, start in enumerate(bar, 1):
             idx = perm[start : start + batch_size]
-            xb, yb = x[idx], y[idx]  # (B, in_features), (B,)
+            xb, yb = x[idx], y[idx]  # (B, in_features) or (B, C, H, W); (B,)
+            if augment is not None:
+                xb = augment(xb)
             logits = model(xb)  # (B, classes)
             loss = F.cross_entropy(logits, yb)
             value = loss.item()  # one sync per step: the divergence check and the bar need it
@@ -166,6 +170,7 @@ def fit(
     generator: torch.Generator,
     on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
     show_progress: bool = True,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[list[EpochMetrics], Divergence | None]:
     """Train for ``epochs`` epochs; evaluate ``test`` (and ``val`` if present) after each.
 
@@ -188,7 +193,7 @@ def fit(
             progress = lambda it: tqdm(it, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False)  # noqa: E731
         loss, acc, divergence = train_epoch(
             model, optimizer, x_train, y_train, batch_size=batch_size,
-            generator=generator, meter=meter, progress=progress, epoch=epoch,
+            generator=generator, meter=meter, progress=progress, epoch=epoch, augment=augment,
         )
         if divergence is not None:
             return history, divergence

@@ -4,7 +4,7 @@ A run directory ``RUN`` holds::
 
     config.json        the settings (TrainConfig) and what they resolved to: the EoC
                        point (tau, m, sigma_w2, sigma_b2, slope, ...), the first layer's
-                       weight variance, the model's shape, the data's statistics
+                       weight variance, the network ("network"), the data statistics
     metrics.jsonl      one JSON object per completed epoch (see EpochMetrics)
     result.json        status (completed | diverged), final metrics, wall time
     model.safetensors  the trained weights (load_run rebuilds the model from config.json)
@@ -27,9 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparse_eoc import __version__
-from sparse_eoc.data import load_mnist
+from sparse_eoc.data import load_image_dataset
+from sparse_eoc.data.augment import random_crop_flip
 from sparse_eoc.gp import check_clip, fixed_points, solve_eoc
-from sparse_eoc.nn import SparseMLP, init_mlp_eoc_, input_weight_variance
+from sparse_eoc.nn import SparseMLP, init_eoc_, input_weight_variance
+from sparse_eoc.nn.cnn import SparseCNN
 from sparse_eoc.train.config import TrainConfig
 from sparse_eoc.train.loop import fit, make_optimizer
 
@@ -76,23 +78,32 @@ def _append_jsonl(path: Path, obj: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def _build_model(model_cfg: dict[str, Any]) -> SparseMLP:
-    return SparseMLP(
-        in_features=model_cfg["in_features"],
-        num_classes=model_cfg["num_classes"],
-        depth=model_cfg["depth"],
-        width=model_cfg["width"],
-        activation=model_cfg["activation"],
-        tau=model_cfg["tau"],
-        m=math.inf if model_cfg["m"] is None else model_cfg["m"],
-    )
+def _model_config(config: TrainConfig, point, image_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """What ``config.json["network"]`` records: enough to rebuild the network."""
+    common = {"kind": config.model, "image_shape": list(image_shape), "num_classes": int(num_classes),
+              "depth": config.depth, "activation": point.activation, "tau": point.tau, "m": point.m}
+    if config.model == "mlp":
+        return {**common, "in_features": int(math.prod(image_shape)), "width": config.width}
+    return {**common, "in_channels": int(image_shape[0]), "channels": config.channels,
+            "kernel_size": config.kernel_size, "padding_mode": config.padding_mode}
+
+
+def _build_model(model_cfg: dict[str, Any]) -> SparseMLP | SparseCNN:
+    m = math.inf if model_cfg["m"] is None else model_cfg["m"]
+    act = (model_cfg["activation"], model_cfg["tau"], m)
+    if model_cfg.get("kind", "mlp") == "mlp":
+        return SparseMLP(model_cfg["in_features"], model_cfg["num_classes"], model_cfg["depth"],
+                         model_cfg["width"], *act)
+    return SparseCNN(model_cfg["in_channels"], model_cfg["num_classes"], model_cfg["depth"],
+                     model_cfg["channels"], *act, kernel_size=model_cfg["kernel_size"],
+                     padding_mode=model_cfg["padding_mode"])
 
 
 def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True, log=print) -> dict[str, Any]:
-    """Train one EoC-initialised sparse MLP and write its run directory.
+    """Train one EoC-initialised sparse MLP or CNN and write its run directory.
 
     Args:
-        config: the run's settings; ``config.data_dir`` must name MNIST-format IDX files.
+        config: the run's settings; ``config.data_dir`` must hold the dataset's files.
         out_dir: the run directory (created; existing result files are overwritten).
         progress: show a progress bar per epoch.
         log: where one-line messages go (the divergence notice among them).
@@ -114,18 +125,11 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     point = solve_eoc(config.activation, config.sparsity, config.q_star, m=config.m, slope=config.slope)
     for warning in check_clip(point.activation, point.sparsity, point.q_star, point.m):
         log(f"warning: {warning}")
-    data = load_mnist(config.data_dir, val_size=config.val_size, seed=config.seed)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    data = load_image_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed)
     input_sigma_w2 = input_weight_variance(config.q_star, point.sigma_b2, data.mean_square_input)
-    model_cfg = {
-        "kind": "mlp",
-        "in_features": int(data.x_train.shape[1]),
-        "num_classes": int(data.num_classes),
-        "depth": config.depth,
-        "width": config.width,
-        "activation": point.activation,
-        "tau": point.tau,
-        "m": point.m,
-    }
+    model_cfg = _model_config(config, point, data.image_shape, data.num_classes)
     resolved = {
         **config.to_dict(),
         "eoc": {
@@ -141,14 +145,14 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
             "fixed_points": [{"q": f.q, "stability": f.stability} for f in fixed_points(point)],
             "input_sigma_w2": input_sigma_w2,
         },
-        "model": model_cfg,
+        "network": model_cfg,
         "data": {
             "n_train": len(data.x_train),
             "n_val": len(data.x_val),
             "n_test": len(data.x_test),
             "image_shape": list(data.image_shape),
-            "mean": data.mean,
-            "std": data.std,
+            "mean": list(data.mean),
+            "std": list(data.std),
             "mean_square_input": data.mean_square_input,
         },
         "sparse_eoc_version": __version__,
@@ -163,23 +167,31 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     torch.manual_seed(config.seed)
     init_gen = torch.Generator().manual_seed(config.seed)
     model = _build_model(model_cfg)
-    init_mlp_eoc_(model, point.sigma_w2, point.sigma_b2, input_sigma_w2=input_sigma_w2, generator=init_gen)
+    init_eoc_(model, point.sigma_w2, point.sigma_b2, input_sigma_w2=input_sigma_w2, generator=init_gen,
+                  weight_init=config.weight_init)
     model.to(device)
     optimizer = make_optimizer(
         config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
 
-    def split(x, y):
-        return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    shape = (-1,) if config.model == "mlp" else tuple(data.image_shape)
+
+    def split(x, y):  # (N, C*H*W) -> (N, C*H*W) for the MLP, (N, C, H, W) for the CNN
+        return torch.from_numpy(x).view(len(x), *shape).to(device), torch.from_numpy(y).to(device)
 
     splits = {"train": split(data.x_train, data.y_train), "test": split(data.x_test, data.y_test)}
     if len(data.x_val):
         splits["val"] = split(data.x_val, data.y_val)
 
     shuffle_gen = torch.Generator().manual_seed(config.seed + 1)
+    augment = None
+    if config.augment:
+        augment_gen = torch.Generator().manual_seed(config.seed + 2)
+        augment = lambda xb: random_crop_flip(xb, padding=4, generator=augment_gen)  # noqa: E731
     history, divergence = fit(
         model, optimizer, splits, epochs=config.epochs, batch_size=config.batch_size, generator=shuffle_gen,
         on_epoch=lambda m: _append_jsonl(metrics_path, dataclasses.asdict(m)), show_progress=progress,
+        augment=augment,
     )
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE))
 
@@ -204,7 +216,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     return result
 
 
-def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[SparseMLP, dict[str, Any]]:
+def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[SparseMLP | SparseCNN, dict[str, Any]]:
     """Rebuild a trained model from a run directory.
 
     Returns:
@@ -218,6 +230,6 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[Sparse
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run / name}: not found (is {run} a sparse-eoc run directory?)")
     config = json.loads((run / "config.json").read_text())
-    model = _build_model(config["model"])
+    model = _build_model(config["network"])
     model.load_state_dict(load_file(str(run / MODEL_FILE)))
     return model.to(resolve_device(device)).eval(), config

@@ -1,0 +1,43 @@
+"""Named training presets: settings that later experiments refer to by name.
+
+A preset fixes the architecture and the optimisation; the activation, sparsity and
+clip are chosen per run. Explicit options override a preset's values::
+
+    sparse-eoc train --preset cnn-mnist-cpu --activation crelu --sparsity 0.7 --slope 0.7 \\
+        --data-dir DIR --out RUN
+
+``config.json`` records the preset's name next to the resolved settings, so a run is
+reproducible from its config alone even if a preset changes later.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = ["PRESETS", "get_preset"]
+
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    # The MLP main job on a 2-core CPU: 30 x 300, five epochs of SGD with momentum
+    # (THEORY.md section 6: the paper's pattern shows at depth 30 in minutes).
+    "mlp-mnist-cpu": MappingProxyType(dict(
+        model="mlp", dataset="mnist", depth=30, width=300, epochs=5,
+        optimizer="sgd", lr=1e-3, momentum=0.9, batch_size=128,
+    )),
+    # A deep vanilla CNN that trains on MNIST on a 2-core CPU in under 20 minutes a run.
+    "cnn-mnist-cpu": MappingProxyType(dict(
+        model="cnn", dataset="mnist", depth=10, channels=32, kernel_size=3, padding_mode="zeros",
+        epochs=2, optimizer="adam", lr=1e-3, batch_size=128,
+    )),
+})
+
+
+def get_preset(name: str) -> Mapping[str, Any]:
+    """The settings of a named preset.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the valid ones.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got preset={name!r}")
+    return PRESETS[name]
