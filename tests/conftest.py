@@ -7,12 +7,12 @@ error, elsewhere the tests that need it are skipped.
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from datasets import write_cifar, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("SPARSE_EOC_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
@@ -31,14 +31,6 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """Write a uint8 array as a gzip IDX file (magic 0x0000080N, big-endian dims)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-    return path
-
-
 @pytest.fixture(scope="session")
 def mnist_subset_dir(mnist_dir, tmp_path_factory) -> Path:
     """The first 2000 training and 500 test images of the real MNIST, in IDX format."""
@@ -50,3 +42,10 @@ def mnist_subset_dir(mnist_dir, tmp_path_factory) -> Path:
             name = f"{split}-{kind}-ubyte"
             write_idx(out / f"{name}.gz", read_idx(mnist_dir / f"{name}.gz")[:n])
     return out
+
+
+@pytest.fixture
+def cifar_dir(tmp_path) -> Path:
+    """A tiny CIFAR-10 (5 x 40 training, 20 test images) in the python-pickle format."""
+    write_cifar(tmp_path, n_per_batch=40, n_test=20)
+    return tmp_path

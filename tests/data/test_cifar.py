@@ -23,46 +23,9 @@ from sparse_eoc.data import (
 )
 from sparse_eoc.data.cifar import _extract_tar_safely
 
-N_PER_BATCH, N_TEST = 20, 10
-NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
-         b"dog", b"frog", b"horse", b"ship", b"truck"]
-
+from datasets import CIFAR_NAMES as NAMES, N_PER_BATCH, N_TEST, write_batch, write_cifar, write_idx
 
 # ---------------------------------------------------------------- helpers
-
-
-def write_batch(path: Path, obj) -> Path:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-    return path
-
-
-def write_cifar(parent: Path, *, meta: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
-    """A tiny CIFAR-10 in ``parent/cifar-10-batches-py``: 5 x 20 train, 10 test images.
-
-    Returns the raw arrays: x_train uint8 (100, 3072), y_train (100,), x_test, y_test.
-    """
-    rng = np.random.default_rng(seed)
-    d = parent / CIFAR10_DIR
-    d.mkdir(parents=True)
-    xs, ys = [], []
-    for i in range(1, 6):
-        x = rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8)
-        y = rng.integers(0, 10, N_PER_BATCH).tolist()
-        write_batch(d / f"data_batch_{i}", {b"batch_label": b"b", b"data": x, b"labels": y})
-        xs.append(x)
-        ys.append(y)
-    x_test = rng.integers(0, 256, (N_TEST, 3072), dtype=np.uint8)
-    y_test = rng.integers(0, 10, N_TEST).tolist()
-    write_batch(d / "test_batch", {b"data": x_test, b"labels": y_test})
-    if meta:
-        write_batch(d / "batches.meta", {b"label_names": NAMES, b"num_vis": 3072})
-    return {
-        "x_train": np.concatenate(xs),
-        "y_train": np.concatenate(ys),
-        "x_test": x_test,
-        "y_test": np.array(y_test),
-    }
 
 
 @pytest.fixture
@@ -254,13 +217,6 @@ def test_constant_channel_cannot_be_standardised(tmp_path):
 
 
 # ---------------------------------------------------------------- load_image_dataset
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """A raw uint8 IDX file (magic 00 00 08 ndim, big-endian sizes); as tests/conftest.py."""
-    sizes = b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + sizes + array.astype(np.uint8).tobytes())
-
 
 
 def test_load_image_dataset_mnist(tmp_path):
