@@ -125,7 +125,7 @@ def _propagate_command(args: argparse.Namespace) -> int:
 
         data = load_mnist(args.data_dir)
         x = torch.from_numpy(data.x_test[: args.batch_size])  # (B, H*W)
-        inputs = x if args.model == "mlp" else x.reshape(len(x), 1, *data.image_shape)  # (B, 1, H, W)
+        inputs = x if args.model == "mlp" else x.reshape(len(x), *data.image_shape)  # (B, 1, H, W)
     result = propagate(
         args.activation, args.sparsity, q_star=args.q_star, m=args.m, slope=args.slope, model=args.model,
         width=args.width, channels=args.channels, kernel_size=args.kernel_size, padding_mode=args.padding_mode,

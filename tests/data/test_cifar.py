@@ -1,29 +1,16 @@
-"""Tests of sparse_eoc.data.cifar: CIFAR-10 pickle batches, their errors, ImageDataset."""
+"""Tests of sparse_eoc.data.cifar: CIFAR-10 pickle batches, their errors, the ImageDataset built."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import pickle
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sparse_eoc.data import (
-    CIFAR10_DIR,
-    DATASET_LOADERS,
-    MNIST_FILES,
-    DataFileError,
-    ImageDataset,
-    load_cifar10,
-    load_image_dataset,
-    load_mnist,
-)
-from sparse_eoc.data.cifar import _extract_tar_safely
+from sparse_eoc.data import CIFAR10_DIR, DataFileError, ImageDataset, load_cifar10
 
-from datasets import CIFAR_NAMES as NAMES, N_PER_BATCH, N_TEST, write_batch, write_cifar, write_idx
+from datasets import CIFAR_NAMES as NAMES, N_PER_BATCH, N_TEST, write_batch, write_cifar
 
 # ---------------------------------------------------------------- helpers
 
@@ -214,77 +201,3 @@ def test_constant_channel_cannot_be_standardised(tmp_path):
         write_batch(d / f"data_batch_{i}", {b"data": x, b"labels": Y_OK})
     with pytest.raises(DataFileError, match=r"data_batch_1: channel 1 .*cannot standardise"):
         load_cifar10(tmp_path)
-
-
-# ---------------------------------------------------------------- load_image_dataset
-
-
-def test_load_image_dataset_mnist(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train_images": rng.integers(0, 256, (30, 5, 4), dtype=np.uint8),
-        "train_labels": rng.integers(0, 10, 30).astype(np.uint8),
-        "test_images": rng.integers(0, 256, (8, 5, 4), dtype=np.uint8),
-        "test_labels": rng.integers(0, 10, 8).astype(np.uint8),
-    }
-    for role, arr in arrays.items():
-        write_idx(tmp_path / MNIST_FILES[role], arr)
-    data = load_image_dataset("mnist", tmp_path, val_size=6, seed=2)
-    ref = load_mnist(tmp_path, val_size=6, seed=2)
-    assert isinstance(data, ImageDataset)
-    assert data.image_shape == (1, 5, 4) and data.input_dim == 20
-    assert data.mean == (ref.mean,) and data.std == (ref.std,)
-    assert data.num_classes == ref.num_classes and data.class_names == ()
-    assert data.mean_square_input == ref.mean_square_input
-    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-        np.testing.assert_array_equal(getattr(data, field), getattr(ref, field))
-
-
-def test_load_image_dataset_cifar10(cifar):
-    parent, _ = cifar
-    data = load_image_dataset("cifar10", parent, val_size=10, seed=1)
-    ref = load_cifar10(parent, val_size=10, seed=1)
-    assert data.image_shape == (3, 32, 32) and data.mean == ref.mean
-    np.testing.assert_array_equal(data.x_val, ref.x_val)
-
-
-def test_load_image_dataset_unknown_name(tmp_path):
-    with pytest.raises(ValueError, match=r"name must be one of 'mnist', 'cifar10', got name='svhn'"):
-        load_image_dataset("svhn", tmp_path)
-    assert set(DATASET_LOADERS) == {"mnist", "cifar10"}
-
-
-# ---------------------------------------------------------------- safe extraction (no network)
-
-
-def make_tar(path: Path, members: list[tuple[str, bytes | None]]) -> Path:
-    """A .tar.gz of regular files (name, bytes) and symlinks (name, None -> '/etc/passwd')."""
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in members:
-            info = tarfile.TarInfo(name)
-            if content is None:
-                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    return path
-
-
-def test_extract_tar_safely_extracts(tmp_path):
-    archive = make_tar(tmp_path / "a.tar.gz", [(f"{CIFAR10_DIR}/data_batch_1", b"x")])
-    _extract_tar_safely(archive, tmp_path / "out")
-    assert (tmp_path / "out" / CIFAR10_DIR / "data_batch_1").read_bytes() == b"x"
-
-
-@pytest.mark.parametrize(
-    ("name", "message"),
-    [("/tmp/evil", "unsafe member path"), ("a/../../evil", "unsafe member path"),
-     ("link", "member 'link' is not a regular file or directory")],
-)
-def test_extract_tar_safely_rejects(tmp_path, name, message):
-    content = None if name == "link" else b"x"
-    archive = make_tar(tmp_path / "a.tar.gz", [("ok", b"fine"), (name, content)])
-    with pytest.raises(DataFileError, match=rf"^{archive}: {message}"):
-        _extract_tar_safely(archive, tmp_path / "out")
-    assert not (tmp_path / "out" / "ok").exists()  # nothing extracted

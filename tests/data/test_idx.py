@@ -14,7 +14,7 @@ import pytest
 from sparse_eoc.data import (
     MNIST_FILES,
     DataFileError,
-    MNISTData,
+    ImageDataset,
     find_idx_file,
     load_mnist,
     read_idx,
@@ -247,8 +247,9 @@ def test_constant_images_cannot_be_standardised(tmp_path):
 def test_synthetic_load(tmp_path, gz):
     raw = write_dataset(tmp_path, gz=gz)
     d = load_mnist(tmp_path)
-    assert isinstance(d, MNISTData)
-    assert d.image_shape == (4, 3) and d.input_dim == 12
+    assert isinstance(d, ImageDataset)
+    assert d.image_shape == (1, 4, 3) and d.input_dim == 12
+    assert len(d.mean) == len(d.std) == 1 and d.class_names == ()
     assert d.x_train.shape == (50, 12) and d.x_test.shape == (20, 12)
     assert d.x_val.shape == (0, 12) and d.x_val.dtype == np.float32
     assert d.y_val.shape == (0,) and d.y_val.dtype == np.int64
@@ -256,11 +257,11 @@ def test_synthetic_load(tmp_path, gz):
     np.testing.assert_array_equal(d.y_train, raw["train_labels"])
     np.testing.assert_array_equal(d.y_test, raw["test_labels"])
     pixels = raw["train_images"].astype(np.float64) / 255
-    assert d.mean == pytest.approx(pixels.mean(), rel=1e-6)  # float32 pixels
-    assert d.std == pytest.approx(pixels.std(), rel=1e-6)  # float32 pixels
+    assert d.mean[0] == pytest.approx(pixels.mean(), rel=1e-6)  # float32 pixels
+    assert d.std[0] == pytest.approx(pixels.std(), rel=1e-6)  # float32 pixels
     # C-order flattening: pixel (r, c) -> column r * W + c
-    assert_standardised_like(d.x_train, raw["train_images"], d.mean, d.std)
-    assert_standardised_like(d.x_test, raw["test_images"], d.mean, d.std)
+    assert_standardised_like(d.x_train, raw["train_images"], d.mean[0], d.std[0])
+    assert_standardised_like(d.x_test, raw["test_images"], d.mean[0], d.std[0])
     assert d.num_classes == 10  # label 9 only in the test set
     assert d.mean_square_input == pytest.approx(np.mean(d.x_train.astype(np.float64) ** 2))
     assert d.mean_square_input == pytest.approx(1.0, abs=1e-5)
@@ -277,7 +278,7 @@ def test_validation_split(tmp_path):
     assert len(rows) == 50
 
     def back(x):  # undo the standardisation: float32 (n, 12) -> uint8 (n, 12)
-        return np.round((x.astype(np.float64) * d.std + d.mean) * 255).astype(np.uint8)
+        return np.round((x.astype(np.float64) * d.std[0] + d.mean[0]) * 255).astype(np.uint8)
 
     train_i = [rows[r.tobytes()] for r in back(d.x_train)]
     val_i = [rows[r.tobytes()] for r in back(d.x_val)]
@@ -286,10 +287,10 @@ def test_validation_split(tmp_path):
     np.testing.assert_array_equal(d.y_val, raw["train_labels"][val_i])
     # standardised with the held-in training pixels only
     held_in = flat[train_i].astype(np.float64) / 255
-    assert d.mean == pytest.approx(held_in.mean(), rel=1e-6)  # float32 pixels
-    assert d.std == pytest.approx(held_in.std(), rel=1e-6)  # float32 pixels
-    assert_standardised_like(d.x_val, raw["train_images"][val_i], d.mean, d.std)
-    assert_standardised_like(d.x_test, raw["test_images"], d.mean, d.std)
+    assert d.mean[0] == pytest.approx(held_in.mean(), rel=1e-6)  # float32 pixels
+    assert d.std[0] == pytest.approx(held_in.std(), rel=1e-6)  # float32 pixels
+    assert_standardised_like(d.x_val, raw["train_images"][val_i], d.mean[0], d.std[0])
+    assert_standardised_like(d.x_test, raw["test_images"], d.mean[0], d.std[0])
 
 
 def test_validation_split_is_seeded(tmp_path):
@@ -306,21 +307,21 @@ def test_data_is_frozen(tmp_path):
     write_dataset(tmp_path)
     d = load_mnist(tmp_path)
     with pytest.raises(AttributeError):
-        d.mean = 0.0
+        d.mean = (0.0,)
 
 
 # ---------------------------------------------------------------- real MNIST
 
 
 @pytest.fixture(scope="module")
-def mnist(mnist_dir) -> MNISTData:
+def mnist(mnist_dir) -> ImageDataset:
     return load_mnist(mnist_dir)
 
 
 def test_real_mnist_shapes_and_labels(mnist):
     assert mnist.x_train.shape == (60000, 784) and mnist.x_test.shape == (10000, 784)
     assert mnist.y_train.shape == (60000,) and mnist.y_test.shape == (10000,)
-    assert mnist.image_shape == (28, 28) and mnist.num_classes == 10
+    assert mnist.image_shape == (1, 28, 28) and mnist.num_classes == 10
     assert set(np.unique(mnist.y_train)) == set(range(10))
     assert set(np.unique(mnist.y_test)) == set(range(10))
     np.testing.assert_array_equal(mnist.y_train[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
@@ -331,16 +332,16 @@ def test_real_mnist_shapes_and_labels(mnist):
 
 def test_real_mnist_standardisation(mnist):
     # the textbook MNIST constants, 0.1307 and 0.3081
-    assert mnist.mean == pytest.approx(0.1307, abs=5e-5)
-    assert mnist.std == pytest.approx(0.3081, abs=5e-5)
+    assert mnist.mean[0] == pytest.approx(0.1307, abs=5e-5)
+    assert mnist.std[0] == pytest.approx(0.3081, abs=5e-5)
     x = mnist.x_train.astype(np.float64)
     assert abs(x.mean()) < 1e-6
     assert x.std() == pytest.approx(1.0, abs=1e-6)
     assert mnist.mean_square_input == pytest.approx(np.mean(x**2), abs=1e-9)
     assert mnist.mean_square_input == pytest.approx(1.0, abs=1e-6)
     # pixels were 0..255: the smallest standardised value is (0 - mean) / std
-    assert mnist.x_train.min() == pytest.approx(-mnist.mean / mnist.std, rel=1e-6)
-    assert mnist.x_train.max() == pytest.approx((1 - mnist.mean) / mnist.std, rel=1e-6)
+    assert mnist.x_train.min() == pytest.approx(-mnist.mean[0] / mnist.std[0], rel=1e-6)
+    assert mnist.x_train.max() == pytest.approx((1 - mnist.mean[0]) / mnist.std[0], rel=1e-6)
 
 
 def test_real_mnist_matches_canonical_md5(mnist_dir):

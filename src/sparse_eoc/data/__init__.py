@@ -1,27 +1,16 @@
 """Datasets: IDX (MNIST-format) files, CIFAR-10 pickle batches and the common ImageDataset
 they load into (NumPy only: importing this package does not import torch). Torch batch
-augmentation lives in :mod:`sparse_eoc.data.augment`."""
+augmentation lives in :mod:`sparse_eoc.data.augment`.
 
-from .cifar import (
-    CIFAR10_DIR,
-    CIFAR10_MD5,
-    CIFAR10_URL,
-    DATASET_LOADERS,
-    ImageDataset,
-    download_cifar10,
-    find_cifar10_dir,
-    load_cifar10,
-    load_image_dataset,
-)
-from .idx import (
-    IDX_DTYPES,
-    MNIST_FILES,
-    DataFileError,
-    MNISTData,
-    find_idx_file,
-    load_mnist,
-    read_idx,
-)
+Modules: ``dataset`` (ImageDataset, DataFileError, the shared split and standardisation),
+``idx`` (MNIST format), ``cifar`` (CIFAR-10 batches), ``download`` (fetching CIFAR-10),
+``registry`` (loaders by name)."""
+
+from .cifar import CIFAR10_DIR, find_cifar10_dir, load_cifar10
+from .dataset import DataFileError, ImageDataset
+from .download import CIFAR10_MD5, CIFAR10_URL, download_cifar10
+from .idx import IDX_DTYPES, MNIST_FILES, find_idx_file, load_mnist, read_idx
+from .registry import DATASET_LOADERS, load_image_dataset
 
 __all__ = [
     "CIFAR10_DIR",
@@ -32,7 +21,6 @@ __all__ = [
     "IDX_DTYPES",
     "ImageDataset",
     "MNIST_FILES",
-    "MNISTData",
     "download_cifar10",
     "find_cifar10_dir",
     "find_idx_file",

@@ -1,4 +1,4 @@
-"""IDX files (the MNIST format) and the MNIST-style image datasets built from them.
+"""IDX files (the MNIST format) and the one-channel image datasets built from them.
 
 NumPy and the standard library only; never imports torch.
 
@@ -25,17 +25,16 @@ import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 
+from .dataset import DataFileError, ImageDataset, _build_dataset
+
 __all__ = [
-    "DataFileError",
     "IDX_DTYPES",
     "MNIST_FILES",
-    "MNISTData",
     "find_idx_file",
     "load_mnist",
     "read_idx",
@@ -64,10 +63,6 @@ MNIST_FILES = MappingProxyType(
 )
 
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class DataFileError(ValueError):
-    """A data file is missing, unreadable or malformed; the message names the file."""
 
 
 def _hex(raw: bytes) -> str:
@@ -176,48 +171,6 @@ def find_idx_file(data_dir: str | os.PathLike, name: str) -> Path:
     )
 
 
-@dataclass(frozen=True)
-class MNISTData:
-    """An MNIST-style classification dataset, standardised and flattened.
-
-    Images are flattened in C order, pixel (r, c) at column ``r * W + c``, and
-    standardised as ``x = (p - mean) / std`` where ``p`` is the stored value
-    (uint8 pixels scaled to [0, 1] first) and ``mean``/``std`` are one scalar
-    each over all pixels of the training split (after holding out validation).
-
-    Attributes:
-        x_train: float32 (N_train, H*W), standardised training inputs.
-        y_train: int64 (N_train,), class labels.
-        x_val: float32 (N_val, H*W); shape (0, H*W) when no validation is held out.
-        y_val: int64 (N_val,).
-        x_test: float32 (N_test, H*W), standardised with the training constants.
-        y_test: int64 (N_test,).
-        image_shape: (H, W), e.g. (28, 28).
-        mean: training-pixel mean, in [0, 1] units for uint8 files.
-        std: training-pixel standard deviation (population, ddof=0), same units.
-        num_classes: int(max label over train, val and test) + 1, e.g. 10.
-        mean_square_input: mean of x_train**2 over all entries (~1.0); the input
-            second moment q^0 used to initialise the first layer.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    image_shape: tuple[int, int]
-    mean: float
-    std: float
-    num_classes: int
-    mean_square_input: float
-
-    @property
-    def input_dim(self) -> int:
-        """H * W, the length of one flattened input."""
-        return self.image_shape[0] * self.image_shape[1]
-
-
 def _read_pair(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
     """Images (N, H, W) and labels (N,) of ``split`` ("train"/"test"), checked; images' path."""
     img_path = find_idx_file(data_dir, MNIST_FILES[f"{split}_images"])
@@ -236,51 +189,9 @@ def _read_pair(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path
     return images, labels, img_path
 
 
-def _to_unit(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) stored values -> float32 (N, H*W); uint8 scaled to [0, 1]."""
-    flat = images.reshape(len(images), -1)  # (N, H*W)
-    if images.dtype == np.uint8:
-        return flat.astype(np.float32) / np.float32(255.0)
-    return flat.astype(np.float32)
-
-
-def _moments(
-    x: np.ndarray, shift: float = 0.0, chunk: int = 1 << 22
-) -> tuple[float, float]:
-    """Mean of ``x - shift`` and of ``(x - shift)**2`` over all entries, in float64 by chunks."""
-    flat = x.reshape(-1)  # (x.size,)
-    s1 = s2 = 0.0
-    for i in range(0, flat.size, chunk):
-        part = flat[i : i + chunk].astype(np.float64) - shift
-        s1 += float(part.sum())
-        s2 += float(np.dot(part, part))
-    return s1 / flat.size, s2 / flat.size
-
-
-def _split_indices(n_train: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train_idx, val_idx) of a seeded split of ``n_train`` rows; val gets ``val_size``.
-
-    The validation rows are the first ``val_size`` of
-    ``numpy.random.default_rng(seed).permutation(n_train)``; both index arrays are sorted
-    so each split keeps the file order.
-
-    Raises:
-        ValueError: if ``val_size`` is not an integer in 0..n_train-1.
-    """
-    if isinstance(val_size, bool) or not (
-        isinstance(val_size, (int, np.integer)) and 0 <= val_size < n_train
-    ):
-        raise ValueError(
-            f"val_size must be an integer in 0..{n_train - 1} "
-            f"(0 <= val_size < {n_train} training examples), got val_size={val_size!r}"
-        )
-    perm = np.random.default_rng(seed).permutation(n_train)
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
-
-
 def load_mnist(
     data_dir: str | os.PathLike, *, val_size: int = 0, seed: int = 0
-) -> MNISTData:
+) -> ImageDataset:
     """Load an MNIST-format dataset (MNIST, Fashion-MNIST, ...) from a directory.
 
     Each of the four :data:`MNIST_FILES` is looked for as ``NAME.gz`` then ``NAME``.
@@ -293,8 +204,12 @@ def load_mnist(
         seed: seed of the validation split; the same seed gives the same split.
 
     Returns:
-        An :class:`MNISTData`, inputs standardised with the training split's
-        scalar mean and std (see there).
+        An :class:`~sparse_eoc.data.ImageDataset` of one-channel images:
+        ``image_shape = (1, H, W)`` (e.g. (1, 28, 28)), inputs float32 (N, H*W)
+        with pixel (r, c) at column ``r * W + c``, standardised with the training
+        split's mean and std (one-element tuples ``mean = (m,)``, ``std = (s,)``;
+        uint8 pixels are scaled to [0, 1] first, other dtypes are used as stored);
+        ``num_classes = max label over train and test + 1``; ``class_names = ()``.
 
     Raises:
         DataFileError: if a file is missing or malformed, images are not 3-D or
@@ -304,49 +219,22 @@ def load_mnist(
         ValueError: if ``val_size`` is outside 0..N_train-1.
     """
     data_dir = Path(data_dir)
-    train_images, train_labels, train_path = _read_pair(data_dir, "train")
+    train_images, train_labels, train_path = _read_pair(data_dir, "train")  # (N, H, W), (N,)
     test_images, test_labels, test_path = _read_pair(data_dir, "test")
-    image_shape = tuple(int(s) for s in train_images.shape[1:])
-    if tuple(test_images.shape[1:]) != image_shape:
+    hw = tuple(int(s) for s in train_images.shape[1:])
+    if tuple(test_images.shape[1:]) != hw:
         raise DataFileError(
-            f"image sizes disagree: {train_path} has {image_shape}, "
+            f"image sizes disagree: {train_path} has {hw}, "
             f"{test_path} has {tuple(test_images.shape[1:])}"
         )
-
-    train_idx, val_idx = _split_indices(len(train_images), val_size, seed)
-    x_all = _to_unit(train_images)  # (N_train_file, H*W)
-    y_all = train_labels.astype(np.int64)
-    if val_size:
-        x_train, y_train = x_all[train_idx], y_all[train_idx]
-        x_val, y_val = x_all[val_idx], y_all[val_idx]
-    else:
-        x_train, y_train = x_all, y_all
-        x_val = np.empty((0, x_all.shape[1]), dtype=np.float32)
-        y_val = np.empty((0,), dtype=np.int64)
-    x_test = _to_unit(test_images)  # (N_test, H*W)
-    y_test = test_labels.astype(np.int64)
-
-    mean = _moments(x_train)[0]
-    d1, d2 = _moments(x_train, shift=mean)  # two-pass variance: d1 ~ 0
-    std = math.sqrt(max(d2 - d1 * d1, 0.0))
-    if not std > 0.0:
-        raise DataFileError(f"{train_path}: all training pixels equal {mean}; cannot standardise")
-    for x in (x_train, x_val, x_test):  # in place: each is a fresh array
-        x -= np.float32(mean)
-        x /= np.float32(std)
-
-    labels = [y for y in (y_train, y_val, y_test) if y.size]
+    labels = [y for y in (train_labels, test_labels) if y.size]
     num_classes = max(int(y.max()) for y in labels) + 1 if labels else 0
-    return MNISTData(
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        image_shape=image_shape,
-        mean=mean,
-        std=std,
+    return _build_dataset(
+        (train_images, train_labels),
+        (test_images, test_labels),
+        image_shape=(1, *hw),  # (C, H, W): (N, H, W) flattens to (N, 1*H*W)
         num_classes=num_classes,
-        mean_square_input=_moments(x_train)[1],
+        val_size=val_size,
+        seed=seed,
+        source=train_path,
     )

@@ -116,7 +116,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
         sparse_eoc.data.DataFileError: a missing or corrupt data file.
     """
     if config.data_dir is None:
-        raise ValueError("data_dir is required: a directory with MNIST-format IDX files")
+        raise ValueError(f"data_dir is required: the directory with the {config.dataset} files")
     device = resolve_device(config.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
