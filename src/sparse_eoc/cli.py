@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=float, help="default 0")
+    p.add_argument("--lr-schedule", choices=["none", "cosine"], help="none (default) or cosine decay to 0")
     p.add_argument("--batch-size", type=int, help="default 128")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--val-size", type=int, help="training examples held out for validation (default 0)")

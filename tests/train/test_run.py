@@ -72,3 +72,19 @@ def test_config_validation(changes, message):
 def test_bad_device(tmp_path, mnist_subset_dir):
     with pytest.raises(ValueError, match="device"):
         train(small_config(mnist_subset_dir, device="tpu"), tmp_path, progress=False)
+
+
+def test_cosine_schedule_decays_to_zero_per_step():
+    from sparse_eoc.train.loop import make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_scheduler("cosine", opt, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[4] == pytest.approx(0.05) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert make_scheduler("none", opt, total_steps=10) is None
+    with pytest.raises(ValueError, match="lr_schedule must be one of none, cosine"):
+        make_scheduler("step", opt, total_steps=10)

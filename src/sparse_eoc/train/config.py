@@ -11,6 +11,7 @@ from sparse_eoc.activations import canonical_name, get_activation
 from sparse_eoc.gp import RELU_SPARSITY
 from sparse_eoc.nn.cnn import PADDING_MODES
 from sparse_eoc.nn.init import WEIGHT_INITS
+from sparse_eoc.train.loop import LR_SCHEDULES
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "MODELS", "PADDING_MODES", "WEIGHT_INITS", "DATASETS"]
 
@@ -47,6 +48,7 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
+    lr_schedule: str = "none"  # none (constant) or cosine (per-step decay to 0 over all epochs)
     batch_size: int = 128
     seed: int = 0  # initialisation, shuffling and the validation split
     val_size: int = 0  # training examples held out for validation (the paper: 0)
@@ -83,7 +85,7 @@ class TrainConfig:
         if self.threads is not None:
             _positive_int("threads", self.threads)
         for name, valid in (("model", MODELS), ("padding_mode", PADDING_MODES), ("weight_init", WEIGHT_INITS),
-                            ("dataset", DATASETS)):
+                            ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, got {name}={getattr(self, name)!r}")
         if self.kernel_size % 2 == 0:

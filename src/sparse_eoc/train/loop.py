@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from sparse_eoc.nn import SparsityMeter
 
-__all__ = ["EpochMetrics", "Divergence", "evaluate", "train_epoch", "fit", "make_optimizer"]
+__all__ = ["EpochMetrics", "Divergence", "LR_SCHEDULES", "evaluate", "train_epoch", "fit", "make_optimizer",
+           "make_scheduler"]
 
 
 @dataclass
@@ -65,6 +66,18 @@ def make_optimizer(name: str, params, *, lr: float, momentum: float, weight_deca
     raise ValueError(f"optimizer must be sgd or adam, got {name!r}")
 
 
+LR_SCHEDULES = ("none", "cosine")
+
+
+def make_scheduler(name: str, optimizer, *, total_steps: int):
+    """None for a constant lr, or a per-step cosine decay to 0 over ``total_steps``."""
+    if name == "none":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got lr_schedule={name!r}")
+
+
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1000, meter: SparsityMeter | None = None):
     """Accuracy and mean cross-entropy of ``model`` on (x, y), metering sparsity if given.
@@ -104,6 +117,7 @@ def train_epoch(
     progress: Callable | None = None,
     epoch: int = 1,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[float, float, Divergence | None]:
     """One pass over shuffled (x, y) in minibatches; cross-entropy, one optimiser step each.
 
@@ -113,6 +127,7 @@ def train_epoch(
         meter: reset, then filled with the zeros of the training forward passes.
         progress: a callable wrapping the step range (e.g. a tqdm factory) or None.
         augment: applied to each training batch of inputs (e.g. random crop and flip).
+        scheduler: a learning-rate schedule stepped after every optimiser step.
 
     Returns:
         (mean train loss, train accuracy, Divergence or None). On divergence, the
@@ -140,6 +155,8 @@ def train_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             losses.append(value)
             correct += (logits.detach().argmax(dim=1) == yb).sum()
             seen += len(idx)
@@ -171,6 +188,7 @@ def fit(
     on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
     show_progress: bool = True,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    lr_schedule: str = "none",
 ) -> tuple[list[EpochMetrics], Divergence | None]:
     """Train for ``epochs`` epochs; evaluate ``test`` (and ``val`` if present) after each.
 
@@ -178,6 +196,8 @@ def fit(
         splits: ``{"train": (x, y), "test": (x, y), "val": (x, y)}`` on the model's device.
         on_epoch: called with each epoch's metrics as soon as they exist (the run
             directory appends them to ``metrics.jsonl``).
+        lr_schedule: ``none`` (constant) or ``cosine`` (per-step cosine decay from the
+            optimiser's lr to 0 over all ``epochs``).
 
     Returns:
         (history, divergence): the metrics of every completed epoch, and where
@@ -186,6 +206,7 @@ def fit(
     meter = SparsityMeter()
     history: list[EpochMetrics] = []
     x_train, y_train = splits["train"]
+    scheduler = make_scheduler(lr_schedule, optimizer, total_steps=epochs * math.ceil(len(x_train) / batch_size))
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         progress = None
@@ -194,6 +215,7 @@ def fit(
         loss, acc, divergence = train_epoch(
             model, optimizer, x_train, y_train, batch_size=batch_size,
             generator=generator, meter=meter, progress=progress, epoch=epoch, augment=augment,
+            scheduler=scheduler,
         )
         if divergence is not None:
             return history, divergence

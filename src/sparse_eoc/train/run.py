@@ -191,7 +191,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     history, divergence = fit(
         model, optimizer, splits, epochs=config.epochs, batch_size=config.batch_size, generator=shuffle_gen,
         on_epoch=lambda m: _append_jsonl(metrics_path, dataclasses.asdict(m)), show_progress=progress,
-        augment=augment,
+        augment=augment, lr_schedule=config.lr_schedule,
     )
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE))
 
