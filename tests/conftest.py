@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets import write_cifar, write_idx
+from dataset_files import write_cifar, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("SPARSE_EOC_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))

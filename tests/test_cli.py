@@ -10,6 +10,7 @@ from sparse_eoc.cli import main
 EOC_KEYS = {
     "activation", "sparsity", "q_star", "tau", "m", "sigma_w2", "sigma_b2",
     "chi1", "slope", "curvature", "fixed_points", "bifurcation_m", "recommended_m", "warnings",
+    "recommendation", "bifurcation_search_max_m",
 }
 
 
@@ -34,6 +35,7 @@ def test_eoc_json_contract(capsys):
     assert out["fixed_points"] == [{"q": pytest.approx(1.0), "stability": "stable"}]
     assert out["bifurcation_m"] == pytest.approx(1.8386, abs=1e-3)
     assert out["recommended_m"] == pytest.approx(1.5072, abs=1e-3)
+    assert out["recommendation"]["binding"] == "kappa" and "V''(q*) <= 0.25" in out["recommendation"]["reason"]
     assert out["warnings"] == []
 
 
@@ -81,6 +83,8 @@ def test_eoc_with_m_and_q_star(capsys):
     assert [f["stability"] for f in out["fixed_points"]] == ["stable", "unstable", "stable"]
 
 
+RESULT_KEYS = {"status", "test_accuracy", "train_sparsity", "test_sparsity", "layer_sparsity",
+               "epochs_completed", "wall_seconds"}
 PROPAGATE_KEYS = {"layer", "q_median", "q_p10", "q_p90", "sparsity", "q_theory", "blown_up_at_layer"}
 
 
@@ -152,6 +156,7 @@ def test_train_end_to_end(tmp_path, capsys, mnist_subset_dir):
     for key in ("epoch", "train_loss", "train_accuracy", "test_accuracy", "train_sparsity", "test_sparsity"):
         assert all(key in line for line in lines)
     result = _strict((run / "result.json").read_text())
+    assert RESULT_KEYS <= set(result)
     assert result["status"] == "completed" and result["epochs_completed"] == 2
     assert len(result["layer_sparsity"]) == 4
     assert result["test_accuracy"] > 0.4  # 2000 images, 2 epochs: ~0.6 (chance: 0.1)
@@ -174,9 +179,33 @@ def test_train_divergence_is_recorded_not_raised(tmp_path, capsys, mnist_subset_
     notices = [line for line in captured.err.splitlines() if line.startswith("diverged")]
     assert len(notices) == 1 and "non-finite" in notices[0]
     result = _strict((run / "result.json").read_text())
-    assert result["status"] == "diverged"
+    assert RESULT_KEYS <= set(result)
+    assert result["status"] == "diverged" and result["epochs_completed"] == 0
     assert result["diverged"]["epoch"] == 1 and result["diverged"]["step"] >= 1
     assert result["diverged"]["loss"] is None or not math.isfinite(result["diverged"]["loss"])
+    assert len(result["diverged"]["partial_train_sparsity"]) == 4  # the history so far is kept
+    # no epoch completed: no weights worth saving, and the run says so
+    assert result["model_epoch"] is None and not (run / "model.safetensors").exists()
+    assert (run / "config.json").is_file() and (run / "metrics.jsonl").read_text() == ""
+
+
+def test_train_config_override_swaps_slope_for_m(tmp_path, capsys, mnist_subset_dir):
+    run = tmp_path / "run"
+    base = ["--depth", "2", "--width", "16", "--epochs", "0", "--data-dir", str(mnist_subset_dir), "--no-progress"]
+    assert main(["train", "--activation", "crelu", "--sparsity", "0.8", "--slope", "0.6", *base,
+                 "--out", str(run)]) == 0
+    assert main(["train", "--config", str(run / "config.json"), "--m", "1.2", "--out", str(tmp_path / "m")]) == 0
+    saved = _strict((tmp_path / "m" / "config.json").read_text())
+    assert (saved["m"], saved["slope"], saved["sparsity"]) == (1.2, None, 0.8)
+    assert main(["train", "--config", str(run / "config.json"), "--activation", "relu",
+                 "--out", str(tmp_path / "relu")]) == 0
+    saved = _strict((tmp_path / "relu" / "config.json").read_text())
+    assert (saved["activation"], saved["sparsity"], saved["m"], saved["slope"]) == ("relu", None, None, None)
+
+
+def test_train_missing_config_file(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "r")]) == 2
+    assert "nope.json: not found" in capsys.readouterr().err
 
 
 def test_train_bad_input(tmp_path, capsys, mnist_subset_dir):

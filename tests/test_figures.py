@@ -1,12 +1,9 @@
 """The theory figures: every registered one draws, with labelled axes; the writer's files and errors."""
 
 import pytest
+from matplotlib.figure import Figure
 
-pytest.importorskip("matplotlib")
-
-from matplotlib.figure import Figure  # noqa: E402
-
-from sparse_eoc.figures import FIGURES, write_figures  # noqa: E402
+from sparse_eoc.figures import FIGURES, write_figures
 
 #: Cheap arguments for the expensive figures (the real ones use the defaults).
 FAST = {

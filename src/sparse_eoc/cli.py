@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from sparse_eoc.activations import ACTIVATIONS, ALIASES
+from sparse_eoc.gp.clip import M_MAX
 from sparse_eoc.gp import (
     bifurcation_m,
     check_clip,
@@ -64,13 +65,20 @@ def _eoc_command(args: argparse.Namespace) -> int:
     }
     clipped = math.isfinite(point.m) or args.activation in ("crelu", "cst")
     recommendation = None
+    out["bifurcation_m"] = out["bifurcation_search_max_m"] = out["recommended_m"] = out["recommendation"] = None
     if clipped:
         out["bifurcation_m"] = bifurcation_m(point.activation, point.sparsity, point.q_star)
+        out["bifurcation_search_max_m"] = M_MAX * math.sqrt(point.q_star)  # null above means none up to here
         recommendation = recommend_clip(point.activation, point.sparsity, point.q_star,
                                         margin=args.margin, kappa=args.kappa)
         out["recommended_m"] = recommendation.m
-    else:
-        out["bifurcation_m"] = out["recommended_m"] = None
+        out["recommendation"] = {
+            "m": recommendation.m,
+            "slope": recommendation.slope,
+            "scaled_curvature": recommendation.scaled_curvature,
+            "binding": recommendation.binding,
+            "reason": recommendation.reason,
+        }
     warnings = check_clip(point.activation, point.sparsity, point.q_star, point.m,
                           margin=args.margin, kappa=args.kappa)
     out["warnings"] = warnings
@@ -165,13 +173,20 @@ def _train_command(args: argparse.Namespace) -> int:
 
     settings: dict = {}
     if args.config:  # a run's resolved settings, preset included
-        settings.update(TrainConfig.from_dict(json.loads(Path(args.config).read_text())).to_dict())
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"--config {path}: not found (pass a run's config.json)")
+        settings.update(TrainConfig.from_dict(json.loads(path.read_text())).to_dict())
     if args.preset:
         settings.update(get_preset(args.preset), preset=args.preset)
-    for f in fields(TrainConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            settings[f.name] = value
+    explicit = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    # An explicit choice replaces what it excludes in the loaded settings: m and slope are
+    # alternatives, an unclipped activation takes neither, and relu fixes the sparsity.
+    if "m" in explicit or "slope" in explicit or "activation" in explicit:
+        settings.pop("m", None), settings.pop("slope", None)
+    if explicit.get("activation") == "relu":
+        settings.pop("sparsity", None)
+    settings.update(explicit)
     if args.out is None:
         raise ValueError("--out is required: the run directory to write")
     config = TrainConfig(**settings)
@@ -267,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:  # bad input: one clear line, exit code 2
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, exit code 2
         print(f"sparse-eoc {args.command}: error: {err}", file=sys.stderr)
         return 2
 

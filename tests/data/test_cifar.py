@@ -10,7 +10,7 @@ import pytest
 
 from sparse_eoc.data import CIFAR10_DIR, DataFileError, ImageDataset, load_cifar10
 
-from datasets import CIFAR_NAMES as NAMES, N_PER_BATCH, N_TEST, write_batch, write_cifar
+from dataset_files import CIFAR_NAMES as NAMES, N_PER_BATCH, N_TEST, write_batch, write_cifar
 
 # ---------------------------------------------------------------- helpers
 

@@ -14,7 +14,7 @@ from sparse_eoc.data import (
     load_mnist,
 )
 
-from datasets import write_cifar, write_idx
+from dataset_files import write_cifar, write_idx
 
 FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 

@@ -180,8 +180,3 @@ def test_negative_sigma_b2_raises_no_eoc_point(monkeypatch):
 
 def test_default_slope_for_clipped():
     assert solve_eoc("cst", 0.8).slope == pytest.approx(0.7, abs=1e-10)
-
-
-def test_v_prime_at_fixed_point_matches_slope_field():
-    p = solve_eoc("crelu", 0.85, slope=0.9)
-    assert float(variance_map_derivative(1.0, p)) == pytest.approx(p.slope)

@@ -66,7 +66,12 @@ def test_observe_and_layer_count_mismatch():
         meter.observe([torch.ones(2, 2)])
 
 
-def test_no_meter_no_counting():
+def test_detached_meter_stops_counting():
     model = SparseMLP(4, 2, 2, 3, "relu")
     assert model.meter is None
-    model(torch.randn(5, 4))  # runs without a meter
+    meter = SparsityMeter()
+    with meter.attach(model):
+        model(torch.randn(5, 4))
+    assert model.meter is None and meter.num_examples == 5
+    model(torch.randn(7, 4))  # not metered any more
+    assert meter.num_examples == 5 and meter.num_batches == 1

@@ -18,6 +18,7 @@ import torch
 
 from sparse_eoc.gp import iterate_variance, solve_eoc
 from sparse_eoc.nn.cnn import SparseCNN
+from sparse_eoc.nn.device import resolve_device
 from sparse_eoc.nn.init import init_eoc_, input_weight_variance
 from sparse_eoc.nn.mlp import SparseMLP
 
@@ -104,6 +105,7 @@ def propagate(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
     point = solve_eoc(activation, sparsity, q_star, m=m, slope=slope)
+    device = resolve_device(device) if isinstance(device, str) else device
     q = np.full((seeds, depth), np.nan)  # (seeds, L)
     zeros = np.full((seeds, depth), np.nan)  # (seeds, L)
     for s in range(seeds):

@@ -55,6 +55,8 @@ class Divergence:
     step: int  # 1-based step within that epoch
     loss: float  # the offending loss (nan or inf)
     recent_losses: list[float] = field(default_factory=list)  # the finite losses before it
+    partial_train_loss: float | None = None  # mean finite loss of that epoch's steps before it
+    partial_train_sparsity: list[float] | None = None  # per-layer zeros of that epoch's forwards
 
 
 def make_optimizer(name: str, params, *, lr: float, momentum: float, weight_decay: float):
@@ -150,7 +152,7 @@ def train_epoch(
             loss = F.cross_entropy(logits, yb)
             value = loss.item()  # one sync per step: the divergence check and the bar need it
             if not math.isfinite(value):
-                div = Divergence(epoch, step, value, losses[-20:])
+                div = Divergence(epoch, step, value, losses[-20:], partial_train_loss=_mean(losses))
                 return _mean(losses), correct.item() / max(seen, 1), div
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -218,6 +220,7 @@ def fit(
             scheduler=scheduler,
         )
         if divergence is not None:
+            divergence.partial_train_sparsity = meter.per_layer()  # includes the diverging forward
             return history, divergence
         train_sparsity = meter.overall()
         val_acc = val_sparsity = None

@@ -6,8 +6,12 @@ A run directory ``RUN`` holds::
                        point (tau, m, sigma_w2, sigma_b2, slope, ...), the first layer's
                        weight variance, the network ("network"), the data statistics
     metrics.jsonl      one JSON object per completed epoch (see EpochMetrics)
-    result.json        status (completed | diverged), final metrics, wall time
-    model.safetensors  the trained weights (load_run rebuilds the model from config.json)
+    result.json        status (completed | diverged), final metrics, wall time; a diverged run
+                       records where (epoch, step), its last finite losses and the partial
+                       epoch's loss and per-layer sparsity; its final metrics are those of
+                       the last completed epoch (null if none)
+    model.safetensors  the trained weights (load_run rebuilds the model from config.json);
+                       for a diverged run, those of its last completed epoch (absent if none)
 
 Every JSON file is strict JSON (no NaN/Infinity: non-finite numbers are null) and
 is written atomically (temporary file, then rename).
@@ -32,25 +36,13 @@ from sparse_eoc.data.augment import random_crop_flip
 from sparse_eoc.gp import check_clip, fixed_points, solve_eoc
 from sparse_eoc.nn import SparseMLP, init_eoc_, input_weight_variance
 from sparse_eoc.nn.cnn import SparseCNN
+from sparse_eoc.nn.device import resolve_device
 from sparse_eoc.train.config import TrainConfig
 from sparse_eoc.train.loop import fit, make_optimizer
 
-__all__ = ["train", "load_run", "resolve_device", "write_json", "to_json_safe"]
+__all__ = ["train", "load_run", "write_json", "to_json_safe"]
 
 MODEL_FILE = "model.safetensors"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available else cpu; otherwise checked against what exists."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got device={device!r}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def to_json_safe(value: Any) -> Any:
@@ -117,6 +109,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     """
     if config.data_dir is None:
         raise ValueError(f"data_dir is required: the directory with the {config.dataset} files")
+    config = config.replace(data_dir=str(Path(config.data_dir).resolve()))  # reruns work from anywhere
     device = resolve_device(config.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +154,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     }
     write_json(out / "config.json", resolved)
     metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    metrics_path.write_text("")  # the history; one line per completed epoch
     (out / "result.json").unlink(missing_ok=True)
 
     torch.manual_seed(config.seed)
@@ -188,12 +181,21 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     if config.augment:
         augment_gen = torch.Generator().manual_seed(config.seed + 2)
         augment = lambda xb: random_crop_flip(xb, padding=4, generator=augment_gen)  # noqa: E731
+    last_good: dict[str, torch.Tensor] = {}  # the weights after the last completed epoch
+
+    def on_epoch(metrics) -> None:
+        _append_jsonl(metrics_path, dataclasses.asdict(metrics))
+        last_good.update({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
     history, divergence = fit(
         model, optimizer, splits, epochs=config.epochs, batch_size=config.batch_size, generator=shuffle_gen,
-        on_epoch=lambda m: _append_jsonl(metrics_path, dataclasses.asdict(m)), show_progress=progress,
-        augment=augment, lr_schedule=config.lr_schedule,
+        on_epoch=on_epoch, show_progress=progress, augment=augment, lr_schedule=config.lr_schedule,
     )
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE))
+    # A diverged run keeps the weights of its last completed epoch (none if it diverged in the first).
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()} if divergence is None else last_good
+    (out / MODEL_FILE).unlink(missing_ok=True)
+    if weights:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(out / MODEL_FILE))
 
     last = history[-1] if history else None
     result: dict[str, Any] = {
@@ -204,6 +206,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
         "layer_sparsity": last.test_layer_sparsity if last else None,
         "val_accuracy": last.val_accuracy if last else None,
         "epochs_completed": len(history),
+        "model_epoch": len(history) if weights else None,  # the epoch whose weights model.safetensors holds
         "wall_seconds": time.perf_counter() - started,
         "diverged": dataclasses.asdict(divergence) if divergence is not None else None,
     }
@@ -212,6 +215,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
         log(
             f"diverged: non-finite training loss ({divergence.loss}) at epoch {divergence.epoch}, "
             f"step {divergence.step}; {len(history)} epoch(s) completed, history kept in {out}"
+            + ("" if weights else " (no weights saved: no epoch completed)")
         )
     return result
 
