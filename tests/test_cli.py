@@ -203,6 +203,19 @@ def test_train_config_override_swaps_slope_for_m(tmp_path, capsys, mnist_subset_
     assert (saved["activation"], saved["sparsity"], saved["m"], saved["slope"]) == ("relu", None, None, None)
 
 
+def test_train_download_needs_cifar10(tmp_path, capsys):
+    argv = ["train", "--activation", "relu", "--download", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "--download fetches CIFAR-10" in capsys.readouterr().err
+
+
+def test_train_cifar10_already_there_is_not_downloaded(tmp_path, capsys, cifar_dir):
+    argv = ["train", "--model", "cnn", "--dataset", "cifar10", "--download", "--activation", "crelu",
+            "--sparsity", "0.7", "--depth", "2", "--channels", "4", "--epochs", "0", "--data-dir", str(cifar_dir),
+            "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(argv) == 0  # no network touched: the batches exist
+
+
 def test_train_missing_config_file(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "r")]) == 2
     assert "nope.json: not found" in capsys.readouterr().err

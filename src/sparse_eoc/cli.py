@@ -49,16 +49,8 @@ def _eoc_command(args: argparse.Namespace) -> int:
     point = solve_eoc(args.activation, args.sparsity, args.q_star, m=args.m, slope=args.slope)
     fps = fixed_points(point)
     out = {
-        "activation": args.activation,
-        "sparsity": point.sparsity,
-        "q_star": point.q_star,
-        "tau": point.tau,
-        "m": point.m if math.isfinite(point.m) else None,
-        "sigma_w2": point.sigma_w2,
-        "sigma_b2": point.sigma_b2,
-        "chi1": point.chi1,
-        "slope": point.slope,
-        "curvature": point.curvature,
+        **point.to_dict(),
+        "activation": args.activation,  # as asked (relu stays relu)
         "fixed_points": [
             {"q": f.q, "stability": f.stability, **({"note": f.note} if f.note else {})} for f in fps
         ],
@@ -190,6 +182,12 @@ def _train_command(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ValueError("--out is required: the run directory to write")
     config = TrainConfig(**settings)
+    if args.download:
+        if config.dataset != "cifar10" or config.data_dir is None:
+            raise ValueError("--download fetches CIFAR-10: use it with --dataset cifar10 --data-dir DIR")
+        from sparse_eoc.data import download_cifar10
+
+        download_cifar10(config.data_dir)  # a no-op when the batches are already there
     result = train(config, args.out, progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr))
     acc = result["test_accuracy"]
     print(
@@ -246,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["mnist", "cifar10"],
                    help="mnist: any MNIST-format IDX files (default); cifar10: the python pickle batches")
     p.add_argument("--data-dir", help="directory with the dataset's files")
+    p.add_argument("--download", action="store_true",
+                   help="with --dataset cifar10: download CIFAR-10 into --data-dir first if missing (needs internet)")
     p.add_argument("--augment", action="store_const", const=True,
                    help="random crop and horizontal flip of training images (CNN)")
     p.add_argument("--out", help="run directory to write")
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, exit code 2
+    except (ValueError, OSError) as err:  # bad input or unreachable data: one clear line, exit code 2
         print(f"sparse-eoc {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -12,9 +12,10 @@ activations here 1 - rho[l] ~ C / l^2), not exponentially as in the ordered phas
 
 from __future__ import annotations
 
-import operator
 
 import numpy as np
+
+from sparse_eoc.checks import check_int
 
 from sparse_eoc.gp.correlation import _check_rho, _resolve_q_star, correlation_map
 from sparse_eoc.gp.maps import GPParams, variance_map
@@ -26,13 +27,7 @@ FIXED_POINT_RTOL = 1e-8
 
 
 def _check_depth(depth, name: str = "depth") -> int:
-    try:
-        depth = operator.index(depth)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer >= 0, got {name}={depth!r}") from None
-    if depth < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {name}={depth!r}")
-    return depth
+    return check_int(name, depth, minimum=0)
 
 
 def iterate_variance(q0, params: GPParams, depth: int) -> np.ndarray:

@@ -177,6 +177,16 @@ class EoCPoint(GPParams):
         """chi_1 at q*: 1 up to round-off."""
         return float(chi1(self.q_star, self))
 
+    def to_dict(self) -> dict[str, float | str | None]:
+        """The point as strict-JSON-ready values: activation, sparsity, q_star, tau, m (None
+        when unclipped), sigma_w2, sigma_b2, chi1, slope (V'(q*)) and curvature (V''(q*))."""
+        return {
+            "activation": self.activation, "sparsity": self.sparsity, "q_star": self.q_star,
+            "tau": self.tau, "m": self.m if math.isfinite(self.m) else None,
+            "sigma_w2": self.sigma_w2, "sigma_b2": self.sigma_b2,
+            "chi1": self.chi1, "slope": self.slope, "curvature": self.curvature,
+        }
+
 
 def solve_eoc(
     activation: str,

@@ -20,7 +20,8 @@ import math
 from torch import Tensor, nn
 
 from sparse_eoc.nn.activations import SparseActivation, make_activation
-from sparse_eoc.nn.mlp import _check_positive_int, forward_hidden
+from sparse_eoc.checks import check_int
+from sparse_eoc.nn.mlp import forward_hidden
 from sparse_eoc.nn.sparsity import SparsityMeter
 
 __all__ = ["SparseCNN", "PADDING_MODES"]
@@ -69,7 +70,7 @@ class SparseCNN(nn.Module):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("depth", depth), ("channels", channels), ("kernel_size", kernel_size)):
-            _check_positive_int(name, value)
+            check_int(name, value)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same padding), got kernel_size={kernel_size!r}")
         if padding_mode not in PADDING_MODES:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparse_eoc.checks import check_int
 from sparse_eoc.nn.activations import SparseActivation, make_activation
 from sparse_eoc.nn.sparsity import SparsityMeter
 
@@ -66,12 +67,6 @@ def forward_hidden(
     if meter is not None:
         meter.add_counts(torch.stack(counts), x.numel(), x.shape[0])  # (L,)
     return x
-
-
-def _check_positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
-    return int(value)
 
 
 class SparseMLP(nn.Module):
@@ -122,10 +117,10 @@ class SparseMLP(nn.Module):
         m: float = math.inf,
     ) -> None:
         super().__init__()
-        in_features = _check_positive_int("in_features", in_features)
-        num_classes = _check_positive_int("num_classes", num_classes)
-        depth = _check_positive_int("depth", depth)
-        width = _check_positive_int("width", width)
+        in_features = check_int("in_features", in_features)
+        num_classes = check_int("num_classes", num_classes)
+        depth = check_int("depth", depth)
+        width = check_int("width", width)
         self.act: SparseActivation = make_activation(activation, tau, m)
         self.hidden = nn.ModuleList(
             nn.Linear(in_features if i == 0 else width, width) for i in range(depth)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from sparse_eoc.checks import check_int
 from sparse_eoc.gp import iterate_variance, solve_eoc
 from sparse_eoc.nn.cnn import SparseCNN
 from sparse_eoc.nn.device import resolve_device
@@ -102,8 +103,7 @@ def propagate(
     if model not in ("mlp", "cnn"):
         raise ValueError(f"model must be mlp or cnn, got model={model!r}")
     for name, value in (("depth", depth), ("seeds", seeds), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+        check_int(name, value)
     point = solve_eoc(activation, sparsity, q_star, m=m, slope=slope)
     device = resolve_device(device) if isinstance(device, str) else device
     q = np.full((seeds, depth), np.nan)  # (seeds, L)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from sparse_eoc.activations import canonical_name, get_activation
+from sparse_eoc.checks import check_int
 from sparse_eoc.gp import RELU_SPARSITY
 from sparse_eoc.nn.cnn import PADDING_MODES
 from sparse_eoc.nn.init import WEIGHT_INITS
@@ -74,16 +75,16 @@ class TrainConfig:
             raise ValueError(f"slope and m apply only to crelu and cst, not to {self.activation!r}")
         if self.slope is not None and self.m is not None:
             raise ValueError("give either m or slope, not both")
-        _positive_int("depth", self.depth)
-        _positive_int("width", self.width)
-        _positive_int("epochs", self.epochs, allow_zero=True)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("val_size", self.val_size, allow_zero=True)
-        _positive_int("seed", self.seed, allow_zero=True)
-        _positive_int("channels", self.channels)
-        _positive_int("kernel_size", self.kernel_size)
+        check_int("depth", self.depth)
+        check_int("width", self.width)
+        check_int("epochs", self.epochs, minimum=0)
+        check_int("batch_size", self.batch_size)
+        check_int("val_size", self.val_size, minimum=0)
+        check_int("seed", self.seed, minimum=0)
+        check_int("channels", self.channels)
+        check_int("kernel_size", self.kernel_size)
         if self.threads is not None:
-            _positive_int("threads", self.threads)
+            check_int("threads", self.threads)
         for name, valid in (("model", MODELS), ("padding_mode", PADDING_MODES), ("weight_init", WEIGHT_INITS),
                             ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in valid:
@@ -124,9 +125,3 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
-
-
-def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
-    lo = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {name}={value!r}")

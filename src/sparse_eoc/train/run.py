@@ -126,15 +126,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
     resolved = {
         **config.to_dict(),
         "eoc": {
-            "activation": point.activation,
-            "sparsity": point.sparsity,
-            "q_star": point.q_star,
-            "tau": point.tau,
-            "m": point.m,
-            "sigma_w2": point.sigma_w2,
-            "sigma_b2": point.sigma_b2,
-            "slope": point.slope,
-            "curvature": point.curvature,
+            **point.to_dict(),
             "fixed_points": [{"q": f.q, "stability": f.stability} for f in fixed_points(point)],
             "input_sigma_w2": input_sigma_w2,
         },
