@@ -6,6 +6,12 @@ variance q^l = mean(h^2) over units (and positions) and examples, and the
 fraction of exact zeros of phi(h). The theory's q^l is the variance map iterated
 from q^1 = q* (constant q* on the EoC: any drift is a finite-width effect, which
 ReLU_tau's half-stable fixed point turns into a blow-up; paper Section 4, THEORY.md 4.1).
+
+For the CNN this is exact for stationary inputs (the default: i.i.d. Gaussian images with
+circular padding, where every position's variance follows the DNN map V). Real images
+with zero padding are not stationary: there ``q_theory`` is the same position-averaged
+approximation, and :func:`sparse_eoc.gp.iterate_cnn_covariance` gives the full
+spatial covariance map for a given input covariance.
 """
 
 from __future__ import annotations
