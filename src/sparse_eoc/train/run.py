@@ -177,6 +177,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = T
 
     def on_epoch(metrics) -> None:
         _append_jsonl(metrics_path, dataclasses.asdict(metrics))
+        if progress:
+            log(f"epoch {metrics.epoch}/{config.epochs}: train loss {metrics.train_loss:.4f}, "
+                f"test accuracy {metrics.test_accuracy:.4f}, sparsity train {metrics.train_sparsity:.4f} "
+                f"/ test {metrics.test_sparsity:.4f} ({metrics.seconds:.0f} s)")
         last_good.update({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
 
     history, divergence = fit(
