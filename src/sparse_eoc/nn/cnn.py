@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sparse_eoc.nn.activations import SparseActivation, make_activation
 from sparse_eoc.checks import check_int
-from sparse_eoc.nn.mlp import forward_hidden
+from sparse_eoc.nn.mlp import forward_hidden, plain_hidden_states
 from sparse_eoc.nn.sparsity import SparsityMeter
 
 __all__ = ["SparseCNN", "PADDING_MODES"]
@@ -91,6 +91,7 @@ class SparseCNN(nn.Module):
 
     @property
     def channels(self) -> int:
+        """Channels of every conv layer."""
         return self.readout.in_features
 
     @staticmethod
@@ -105,12 +106,7 @@ class SparseCNN(nn.Module):
 
     def hidden_states(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """L pairs ``(h^l, phi(h^l))``, each ``(B, channels, H, W)``, computed the plain way."""
-        states = []
-        for layer in self.hidden:
-            h = layer(x)  # (B, C, H, W)
-            x = self.act(h)
-            states.append((h, x))
-        return states
+        return plain_hidden_states(self.hidden, self.act, x)
 
     def extra_repr(self) -> str:
         k = self.hidden[0].kernel_size[0]

@@ -27,7 +27,7 @@ from sparse_eoc.checks import check_int
 from sparse_eoc.nn.activations import SparseActivation, make_activation
 from sparse_eoc.nn.sparsity import SparsityMeter
 
-__all__ = ["SparseMLP", "forward_hidden"]
+__all__ = ["SparseMLP", "forward_hidden", "plain_hidden_states"]
 
 
 def _linear(layer: nn.Linear, x: Tensor, bias: Tensor) -> Tensor:
@@ -52,6 +52,8 @@ def forward_hidden(
     Args:
         layers: the L hidden layers (``nn.Linear`` or ``nn.Conv2d``), each with a bias.
         x: the network input, shaped as the first layer expects.
+        act: the activation phi; its ``bias_shift`` is folded into every bias.
+        meter: where to add each layer's exact-zero counts, or None (no counting).
         pre_activation: ``(layer, x, bias) -> x W^T + bias`` for that layer type.
 
     Returns:
@@ -67,6 +69,17 @@ def forward_hidden(
     if meter is not None:
         meter.add_counts(torch.stack(counts), x.numel(), x.shape[0])  # (L,)
     return x
+
+
+def plain_hidden_states(layers: Sequence[nn.Module], act: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """The L pairs (h^l, phi(h^l)) computed the plain way: each layer with its own bias,
+    then phi; no folding, no in-place ops, no metering; any dtype and grad mode."""
+    states = []
+    for layer in layers:
+        h = layer(x)  # (B, width) or (B, C, H, W)
+        x = act(h)
+        states.append((h, x))
+    return states
 
 
 class SparseMLP(nn.Module):
@@ -168,12 +181,7 @@ class SparseMLP(nn.Module):
         """
         if x.dim() > 2:
             x = x.flatten(1)  # (B, *) -> (B, in_features)
-        states = []
-        for layer in self.hidden:
-            h = layer(x)  # (B, width)
-            x = self.act(h)  # (B, width)
-            states.append((h, x))
-        return states
+        return plain_hidden_states(self.hidden, self.act, x)
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, width={self.width}"
