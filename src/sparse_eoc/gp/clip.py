@@ -26,8 +26,8 @@ import numpy as np
 from scipy import optimize
 
 from sparse_eoc.activations import get_activation
-from sparse_eoc.gp.eoc import EoCPoint, _check_q_star, _m_for_slope, fixed_points, solve_eoc, tau_from_sparsity
-from sparse_eoc.gp.maps import _one_sided, variance_map, variance_map_derivative
+from sparse_eoc.gp.eoc import EoCPoint, _check_q_star, _m_for_slope, eoc_slope_and_curvature, fixed_points, solve_eoc
+from sparse_eoc.gp.maps import variance_map, variance_map_derivative
 
 __all__ = [
     "ClipRecommendation",
@@ -73,17 +73,10 @@ def slope_and_curvature_vs_m(activation: str, sparsity: float, q_star: float, m)
     """
     name = _check_clipped(activation)
     q_star = _check_q_star(q_star)
-    tau = tau_from_sparsity(name, sparsity, q_star)
     m = np.asarray(m, dtype=float)
     if not np.all(m > 0):
         raise ValueError(f"m must be > 0 (inf means unclipped), got m={m!r}")
-    slope, curvature = np.empty_like(m), np.empty_like(m)
-    q = np.asarray(q_star)
-    for idx, mi in np.ndenumerate(m):
-        p = _one_sided(q, tau, float(mi), -1)
-        slope[idx] = _one_sided(q, tau, float(mi), 1) / p
-        curvature[idx] = _one_sided(q, tau, float(mi), 2) / p
-    return slope, curvature
+    return eoc_slope_and_curvature(name, sparsity, q_star, m)
 
 
 def _saddle_gap(name: str, sparsity: float, q_star: float, m: float) -> float:

@@ -118,20 +118,30 @@ def _eoc_variances(act, q_star: float, tau: float, m: float) -> tuple[float, flo
     return sigma_w2, sigma_b2
 
 
+def eoc_slope_and_curvature(activation: str, sparsity: float, q_star: float, m) -> tuple[np.ndarray, np.ndarray]:
+    """V'(q*) = A'(q*) / P(q*) and V''(q*) = A''(q*) / P(q*) on the EoC (sigma_w2 = 1 / (k P(q*))),
+    as functions of the clip m (THEORY.md 4.2-4.3).
+
+    Vectorised over m (> 0; inf gives the unclipped limit, slope 1). Both arrays have the
+    shape of ``m``; V'' is in units of 1 / q*.
+    """
+    tau = tau_from_sparsity(activation, sparsity, q_star)
+    m = np.asarray(m, dtype=float)
+    q = np.asarray(q_star)
+    slope, curvature = np.empty_like(m), np.empty_like(m)
+    for idx, mi in np.ndenumerate(m):
+        density = _one_sided(q, tau, float(mi), -1)  # P(q*)
+        slope[idx] = _one_sided(q, tau, float(mi), 1) / density
+        curvature[idx] = _one_sided(q, tau, float(mi), 2) / density
+    return slope, curvature
+
+
 def eoc_slope(activation: str, sparsity: float, q_star: float, m) -> np.ndarray:
     """V'(q*) on the EoC as a function of the clip m: ``1 - (m / sqrt(q*)) varphi(b) / P(q*)``.
 
     Vectorised over m (> 0; inf gives 1). Rises monotonically from 0 to 1 (THEORY.md 4.2).
     """
-    act = get_activation(activation)
-    tau = tau_from_sparsity(activation, sparsity, q_star)
-    m = np.asarray(m, dtype=float)
-    q = np.asarray(q_star)
-    out = np.ones_like(m)
-    for idx, mi in np.ndenumerate(m):
-        if math.isfinite(mi):
-            out[idx] = float(_one_sided(q, tau, float(mi), 1) / _one_sided(q, tau, float(mi), -1))
-    return out
+    return eoc_slope_and_curvature(activation, sparsity, q_star, m)[0]
 
 
 def _m_for_slope(activation: str, sparsity: float, q_star: float, slope: float) -> float:

@@ -178,7 +178,7 @@ class ReLUTau(SparseActivation):
     name = "relu_tau"
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(x - self.tau) if self.tau else torch.relu(x)
+        return relu_tau(x, self.tau)
 
     def forward_shifted_(self, h_shifted: Tensor) -> Tensor:
         return torch.relu_(h_shifted)
@@ -190,7 +190,7 @@ class STTau(SparseActivation):
     name = "st_tau"
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.softshrink(x, self.tau)
+        return st_tau(x, self.tau)
 
     forward_shifted_ = forward
 
@@ -201,9 +201,7 @@ class CReLU(SparseActivation):
     name = "crelu"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.tau:
-            return _crelu_shifted(x - self.tau, self.m, inplace=True)
-        return _crelu_shifted(x, self.m, inplace=False)
+        return crelu(x, self.tau, self.m)
 
     def forward_shifted_(self, h_shifted: Tensor) -> Tensor:
         return _crelu_shifted(h_shifted, self.m, inplace=True)
@@ -215,7 +213,7 @@ class CST(SparseActivation):
     name = "cst"
 
     def forward(self, x: Tensor) -> Tensor:
-        return _clip_(F.softshrink(x, self.tau), self.m)
+        return cst(x, self.tau, self.m)
 
     forward_shifted_ = forward
 
