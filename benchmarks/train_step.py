@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
 import statistics
 import time
 
@@ -82,17 +83,24 @@ def make_step(model: nn.Module, lr: float):
     return step
 
 
-def time_steps(step_a, step_b, x, y, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+def minor_faults() -> int:
+    """Minor page faults of this process so far (fresh pages the allocator handed out)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_steps(step_a, step_b, x, y, warmup: int, steps: int) -> tuple[list[float], list[float], list[int]]:
+    """Per-step wall times of A and B, alternating, and each model's total minor page faults."""
     for _ in range(warmup):
         step_a(x, y)
         step_b(x, y)
-    ta, tb = [], []
+    ta, tb, faults = [], [], [0, 0]
     for _ in range(steps):
-        for step, times in ((step_a, ta), (step_b, tb)):
-            t0 = time.perf_counter()
+        for i, (step, times) in enumerate(((step_a, ta), (step_b, tb))):
+            f0, t0 = minor_faults(), time.perf_counter()
             step(x, y)
             times.append(time.perf_counter() - t0)
-    return ta, tb
+            faults[i] += minor_faults() - f0
+    return ta, tb, faults
 
 
 def time_epochs(step_a, step_b, xs, ys, batch: int, repeats: int) -> tuple[list[float], list[float]]:
@@ -171,16 +179,19 @@ def main() -> None:
         ys = torch.randint(0, num_classes, (args.examples,))  # (N,)
         x, y = xs[: args.batch], ys[: args.batch]
         time_steps(step_a, step_b, x, y, args.warmup, 0)
+        faults = None
         ta, tb = time_epochs(step_a, step_b, xs, ys, args.batch, args.epoch_repeats)
         unit, scale = "s/epoch", 1.0
     else:
         x = torch.randn(args.batch, *input_shape).contiguous(memory_format=fmt)  # (B, 784) or (B, 1, 28, 28)
         y = torch.randint(0, num_classes, (args.batch,))  # (B,)
-        ta, tb = time_steps(step_a, step_b, x, y, args.warmup, args.steps)
+        ta, tb, faults = time_steps(step_a, step_b, x, y, args.warmup, args.steps)
         unit, scale = "ms/step", 1e3
     ma, mb = statistics.median(ta), statistics.median(tb)
     print(f"A median {ma * scale:.3f} {unit} (min {min(ta) * scale:.3f}), "
           f"B median {mb * scale:.3f} {unit} (min {min(tb) * scale:.3f}), n={len(ta)} each")
+    if faults is not None:  # a fresh page per 4 KiB the allocator maps anew: ~0.5 us each
+        print(f"minor page faults per step: A {faults[0] / len(ta):.0f}, B {faults[1] / len(tb):.0f}")
     if not args.no_meter:
         print(f"A sparsity over {meter.num_examples} examples: overall {meter.overall():.4f}, "
               f"layers 1/{args.depth}: {meter.per_layer()[0]:.4f}/{meter.per_layer()[-1]:.4f}")

@@ -32,18 +32,20 @@ def test_fast_forward_equals_plain_forward(name, s, kw, padding_mode):
     torch.testing.assert_close(model(x), plain, rtol=1e-5, atol=1e-5)
 
 
-def test_meter_counts_every_position_and_channel():
+@pytest.mark.parametrize("size", [8, 48])  # 48: 3 x 16 x 48 x 48 > 2^16 outputs, the float-sum count
+def test_meter_counts_every_position_and_channel(size):
     model = make_cnn("crelu", 0.8, {"slope": 0.6})
-    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
     meter = SparsityMeter()
-    with torch.no_grad(), meter.attach(model):
-        model(x)
-        model(x[:2])
+    with meter.attach(model):
+        model(x).sum().backward()  # training forward
+        with torch.no_grad():
+            model(x[:2])
     states = model.hidden_states(x)
     states2 = model.hidden_states(x[:2])
     expected = [((a == 0).sum() + (b == 0).sum()).item() / (a.numel() + b.numel())
                 for (_, a), (_, b) in zip(states, states2)]
-    assert meter.per_layer() == pytest.approx(expected, abs=1e-6)
+    assert meter.per_layer() == pytest.approx(expected, abs=1e-12)
     assert meter.num_examples == 5
 
 

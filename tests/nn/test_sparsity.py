@@ -7,6 +7,7 @@ import torch
 
 from sparse_eoc.activations import ACTIVATIONS, get_activation
 from sparse_eoc.nn import SparseMLP, SparsityMeter, init_eoc_
+from sparse_eoc.nn.sparsity import count_nonzero
 
 
 def test_hand_checkable_example():
@@ -75,3 +76,49 @@ def test_detached_meter_stops_counting():
     assert model.meter is None and meter.num_examples == 5
     model(torch.randn(7, 4))  # not metered any more
     assert meter.num_examples == 5 and meter.num_batches == 1
+
+
+def _special_values(n, dtype, seed):
+    """n values of ``dtype``: about half exact zeros (both signs), the rest random, with NaN and +-inf."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=gen, dtype=torch.float64)
+    x[torch.rand(n, generator=gen) < 0.5] = 0.0
+    x[torch.rand(n, generator=gen) < 0.1] = -0.0
+    x[:4] = torch.tensor([math.nan, math.inf, -math.inf, -0.0], dtype=torch.float64)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1000, 3 * 2**16 + 5])  # both sides of the count_nonzero / float-sum switch
+def test_count_nonzero_equals_torch(dtype, n):
+    x = _special_values(n, dtype, seed=n)
+    expected = torch.count_nonzero(x)
+    scratch = torch.full((n + 7,), 5.0, dtype=dtype)
+    for got in (count_nonzero(x), count_nonzero(x, scratch), SparsityMeter().count_nonzero(x)):
+        assert got.dtype == torch.int64 and got.shape == () and got.item() == expected.item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_count_nonzero_non_contiguous(dtype):
+    """Channels-last images and a transposed matrix count the same as their contiguous copies."""
+    x = _special_values(4 * 8 * 64 * 32, dtype, seed=7)
+    images = x.reshape(4, 8, 64, 32).contiguous(memory_format=torch.channels_last)
+    scratch = torch.empty(x.numel(), dtype=dtype)
+    assert count_nonzero(images, scratch).item() == torch.count_nonzero(x).item()
+    assert count_nonzero(x.reshape(256, 256).T).item() == torch.count_nonzero(x).item()
+
+
+def test_count_nonzero_exact_beyond_float32_integers():
+    """2^24 + 3 ones: a float32 sum cannot hold that count, so the sum must switch to float64."""
+    x = torch.ones(2**24 + 3)
+    assert count_nonzero(x).item() == 2**24 + 3
+    assert count_nonzero(torch.ones(3000, dtype=torch.float16)).item() == 3000  # > 2^11 in half
+
+
+def test_count_nonzero_keeps_autograd_out():
+    x = torch.randn(300, 300, requires_grad=True)
+    y = torch.relu(x - 1.0)
+    c = SparsityMeter().count_nonzero(y)
+    assert not c.requires_grad and c.item() == torch.count_nonzero(y).item()
+    y.sum().backward()  # the counted tensor is untouched and still differentiable
+    assert torch.equal(x.grad, (x > 1.0).float())

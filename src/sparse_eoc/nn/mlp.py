@@ -46,7 +46,7 @@ def forward_hidden(
     Each layer computes h^l - shift = pre_activation(layer, x, b^l - shift), folding the
     activation's constant shift (tau for the one-sided activations) into the bias, then
     one fused in-place tail (``act.forward_shifted_``). With a ``meter``, one
-    ``count_nonzero`` per layer stays on the device; the counts are stacked and added
+    :meth:`~sparse_eoc.nn.sparsity.SparsityMeter.count_nonzero` per layer stays on the device; the counts are stacked and added
     once per forward (no host sync).
 
     Args:
@@ -65,7 +65,7 @@ def forward_hidden(
         b = layer.bias - shift if shift else layer.bias  # (out,): b^l - tau
         x = act.forward_shifted_(pre_activation(layer, x, b))  # phi(h^l)
         if meter is not None:
-            counts.append(torch.count_nonzero(x))  # () int64, stays on device
+            counts.append(meter.count_nonzero(x))  # () int64, stays on device
     if meter is not None:
         meter.add_counts(torch.stack(counts), x.numel(), x.shape[0])  # (L,)
     return x

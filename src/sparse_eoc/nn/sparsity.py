@@ -6,15 +6,13 @@ has 2 x 4 x 3 = 24 hidden outputs; if layer 1 has 6 zeros and layer 2 has 9,
 ``per_layer() == [6/12, 9/12]`` and ``overall() == 15/24``. Readout logits and
 network inputs are never counted.
 
-Cost: a model with a meter attached counts each hidden output with one
-``torch.count_nonzero`` (the cheapest of the counts measured on CPU: ~6 us for
-128 x 300 floats, against ~9 us for ``x.bool().sum()``, ~12 us for an L0
-``vector_norm`` and ~19 us for ``(x == 0).sum()``), stacks the per-layer counts
-once per forward and adds them into a preallocated on-device int64 tensor. There
-is no extra forward pass and no host-device synchronisation until
-:meth:`SparsityMeter.per_layer` or :meth:`SparsityMeter.overall` is read. On the
-depth-30 width-300 benchmark (``benchmarks/train_step.py``) metering costs about
-2-3 % of a training step.
+Cost: a model with a meter attached counts each hidden output once with
+:func:`count_nonzero`, stacks the per-layer counts once per forward and adds them
+into a preallocated on-device int64 tensor. There is no extra forward pass and no
+host-device synchronisation until :meth:`SparsityMeter.per_layer` or
+:meth:`SparsityMeter.overall` is read. On ``benchmarks/train_step.py`` metering
+costs about 2-3 % of a training step, for the depth-30 width-300 MLP and for the
+depth-10 32-channel CNN alike.
 """
 
 from __future__ import annotations
@@ -25,7 +23,45 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SparsityMeter"]
+__all__ = ["SparsityMeter", "count_nonzero"]
+
+# Largest n such that every integer in [0, n] is exact in the dtype (2^(mantissa bits + 1)).
+_EXACT_INTEGERS = {torch.float16: 2**11, torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53}
+# Below this many elements torch.count_nonzero is the faster count (measured on CPU:
+# 8 us against 17 us for 128 x 300 floats, 11 us against 17 us at 2^16; 2.5 ms against 0.23 ms
+# for 128 x 32 x 28 x 28).
+_FLOAT_SUM_MIN_NUMEL = 2**16
+
+
+def count_nonzero(x: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """The exact number of nonzero entries of ``x`` (NaN and +-inf count as nonzero).
+
+    Same value as ``torch.count_nonzero(x)``, faster on large float tensors: there
+    it writes ``x != 0`` as 0./1. in ``x``'s float dtype and sums that, two
+    vectorised passes where ``torch.count_nonzero`` is 10x slower on CPU
+    (0.2 ms against 2.5 ms for 128 x 32 x 28 x 28 floats). The sum runs in ``x``'s
+    dtype while every partial sum is an exactly representable integer (numel <=
+    2^24 for float32), else in float64, so the count is exact.
+
+    Args:
+        x: any shape ``(*)``, any dtype and device.
+        scratch: optional flat buffer of ``x``'s dtype and device with at least
+            ``x.numel()`` elements, overwritten. Reusing one avoids a fresh
+            activation-sized allocation per call, which glibc's allocator serves
+            with new pages (measured: 22k page faults and +15 % on a CNN training step).
+
+    Returns:
+        A 0-d int64 tensor on ``x``'s device (no host synchronisation).
+    """
+    exact = _EXACT_INTEGERS.get(x.dtype)
+    if exact is None or x.numel() < _FLOAT_SUM_MIN_NUMEL:
+        return torch.count_nonzero(x)
+    n = x.numel()
+    if scratch is None:
+        scratch = torch.empty(n, dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        ones = torch.ne(x, 0, out=scratch[:n].view(x.shape))  # 1. where x != 0 (NaN too), else 0.
+        return ones.sum(dtype=x.dtype if n <= exact else torch.float64).to(torch.int64)
 
 
 class SparsityMeter:
@@ -43,13 +79,28 @@ class SparsityMeter:
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything counted so far."""
+        """Forget everything counted so far (the scratch buffer is kept)."""
+        self._scratch: Tensor | None = getattr(self, "_scratch", None)  # reused by count_nonzero
         self._nonzero: Tensor | None = None  # (L,) int64, on-device, allocated on first batch
         self._numel: list[int] = []  # (L,) elements seen per layer (host ints)
         self.num_batches = 0
         self.num_examples = 0
 
     # ------------------------------------------------------------------ writing
+
+    def count_nonzero(self, x: Tensor) -> Tensor:
+        """:func:`count_nonzero` of ``x`` through this meter's reusable scratch buffer.
+
+        Args:
+            x: one hidden layer's output, any shape.
+
+        Returns:
+            A 0-d int64 tensor on ``x``'s device, to pass (stacked) to :meth:`add_counts`.
+        """
+        buf = self._scratch
+        if buf is None or buf.numel() < x.numel() or buf.dtype != x.dtype or buf.device != x.device:
+            buf = self._scratch = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+        return count_nonzero(x, buf)
 
     def add_counts(self, nonzero: Tensor, numel: int | Sequence[int], batch_size: int) -> None:
         """Record one forward pass from precomputed nonzero counts (no sync).
@@ -86,7 +137,7 @@ class SparsityMeter:
             outputs: the L hidden outputs phi(h^l), each of shape (B, ...).
         """
         with torch.no_grad():
-            counts = torch.stack([torch.count_nonzero(o) for o in outputs])  # (L,)
+            counts = torch.stack([self.count_nonzero(o) for o in outputs])  # (L,)
         self.add_counts(counts, [o.numel() for o in outputs], outputs[0].shape[0])
 
     @contextlib.contextmanager
