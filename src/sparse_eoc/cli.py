@@ -4,9 +4,15 @@
                          [--rho 0,0.5,0.9] [--json]
     sparse-eoc train     --activation A --sparsity S [--slope V | --m M] --depth L --width N
                          --epochs E --data-dir DIR --out RUN   (or --config RUN/config.json)
+    sparse-eoc train     --resume RUN [--device D] [--threads T] [--no-progress]
     sparse-eoc propagate --activation A --sparsity S [--slope V | --m M]
                          [--model mlp --width N | --model cnn --channels C] --depth L --seeds K [--json]
     sparse-eoc figures   --out DIR [--only N]
+    sparse-eoc report    DIR --out REPORT [--cells SPEC ...] [--diverged chance|last|exclude]
+    sparse-eoc sweep     --experiment NAME --preset P --data-dir DATA --out DIR [--workers K]
+                         [--backend local|ray] [--ray-address ADDR] [--set key=value ...]
+                         [--cpus-per-run N] [--gpus-per-run G] [--dry-run]
+    sparse-eoc experiments
 """
 
 from __future__ import annotations
@@ -160,9 +166,38 @@ def _figures_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_command(args: argparse.Namespace) -> int:
+    from sparse_eoc.experiments.report import write_report  # torch-free: reads the runs' JSON files
+
+    summary = write_report(args.dir, args.out, cells=args.cells, diverged=args.diverged)
+    print(f"{summary.n_found} run(s) found: {summary.n_finished} finished ({summary.n_diverged} diverged), "
+          f"{summary.n_unfinished} unfinished (skipped); wrote {len(summary.paths)} files to {args.out}")
+    for note in summary.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
 def _train_command(args: argparse.Namespace) -> int:
     from sparse_eoc.train import TrainConfig, get_preset, train  # torch is imported only here
 
+    if args.resume is not None:  # the run's own settings; only how it runs may change
+        run_free = ("device", "threads")
+        given = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)
+                 if f.name not in run_free and getattr(args, f.name, None) is not None]
+        given += [opt for opt, value in (("--config", args.config), ("--out", args.out),
+                                         ("--download", args.download)) if value]
+        if given:
+            raise ValueError(f"--resume takes the settings from {Path(args.resume) / 'config.json'}: drop "
+                             f"{', '.join(given)} (only --device, --threads and --no-progress go with --resume)")
+        path = Path(args.resume) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"--resume {args.resume}: {path} not found (pass a run directory)")
+        config = TrainConfig.from_dict({**json.loads(path.read_text()),
+                                        **{k: getattr(args, k) for k in run_free if getattr(args, k) is not None}})
+        result = train(config, args.resume, progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
+                       resume=True)
+        _print_train_summary(result, args.resume)
+        return 0
     settings: dict = {}
     if args.config:  # a run's resolved settings, preset included
         path = Path(args.config)
@@ -189,12 +224,59 @@ def _train_command(args: argparse.Namespace) -> int:
 
         download_cifar10(config.data_dir)  # a no-op when the batches are already there
     result = train(config, args.out, progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr))
+    _print_train_summary(result, args.out)
+    return 0
+
+
+def _print_train_summary(result: dict, out: str) -> None:
     acc = result["test_accuracy"]
     print(
         f"{result['status']}: {result['epochs_completed']} epoch(s), test accuracy "
         f"{'n/a' if acc is None else f'{acc:.4f}'}, train sparsity {_fmt(result['train_sparsity'])}, "
-        f"test sparsity {_fmt(result['test_sparsity'])}; written to {args.out}"
+        f"test sparsity {_fmt(result['test_sparsity'])}; written to {out}"
     )
+
+
+def _sweep_command(args: argparse.Namespace) -> int:
+    from sparse_eoc.experiments.registry import parse_overrides
+    from sparse_eoc.experiments.sweep import run_sweep
+
+    overrides = parse_overrides(args.set)
+    try:
+        outcome = run_sweep(
+            args.experiment, args.preset, data_dir=args.data_dir, out=args.out, overrides=overrides,
+            workers=args.workers, backend=args.backend, ray_address=args.ray_address,
+            cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, dry_run=args.dry_run,
+            progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
+        )
+    except ImportError as err:  # --backend ray without Ray: say how to install it
+        print(f"sparse-eoc sweep: error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return 0
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
+    print(f"{len(outcome.runs)} runs ({counts}; {len(outcome.skipped)} finished before) in "
+          f"{outcome.wall_seconds:.0f} s; written to {outcome.out}")
+    for run in outcome.failed:
+        print(f"failed: {run['name']}: {run.get('error')} (see {outcome.out / run['dir'] / 'error.txt'})",
+              file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+def _experiments_command(args: argparse.Namespace) -> int:
+    from sparse_eoc.experiments.registry import EXPERIMENTS, estimate_seconds
+    from sparse_eoc.experiments.sweep import format_duration
+
+    print(f"{'experiment':<11} {'preset':<7} {'train preset':<14} {'cells':>5} {'seeds':>5} {'runs':>5} "
+          f"{'est. time':>10}  (on a 2-core CPU)")
+    for exp in EXPERIMENTS.values():
+        for name, preset in exp.presets.items():
+            runs = exp.runs(name)
+            print(f"{exp.name:<11} {name:<7} {preset.train_preset:<14} {exp.n_cells(name):>5} "
+                  f"{preset.grid.seeds:>5} {len(runs):>5} {format_duration(estimate_seconds(runs, preset)):>10}")
+        print(f"  {exp.description}")
+        for name, preset in exp.presets.items():
+            print(f"  {name}: {preset.note}")
     return 0
 
 
@@ -220,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an EoC-initialised sparse MLP or CNN")
     p.add_argument("--config", help="a run's config.json to rerun; explicit options override it")
     _add_eoc_options(p, defaults=False)
-    p.add_argument("--preset", help="named settings to start from: mlp-mnist-cpu, cnn-mnist-cpu; "
-                   "explicit options override them")
+    p.add_argument("--preset", help="named settings to start from (mlp-mnist-cpu, cnn-mnist-cpu, mlp-paper, "
+                   "cnn-paper); explicit options override them")
     p.add_argument("--model", choices=["mlp", "cnn"], help="default mlp")
     p.add_argument("--depth", type=int, help="hidden (MLP) or conv (CNN) layers (default 30)")
     p.add_argument("--width", type=int, help="units per hidden layer, MLP (default 300)")
@@ -233,9 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="default 5")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd (the paper's)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--readout-lr-scale", type=float,
+                   help="the readout layer's learning rate is lr x this (default 1)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=float, help="default 0")
     p.add_argument("--lr-schedule", choices=["none", "cosine"], help="none (default) or cosine decay to 0")
+    p.add_argument("--label-smoothing", type=float,
+                   help="label smoothing epsilon in [0, 1) of the training loss (default 0)")
     p.add_argument("--batch-size", type=int, help="default 128")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--val-size", type=int, help="training examples held out for validation (default 0)")
@@ -248,7 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --dataset cifar10: download CIFAR-10 into --data-dir first if missing (needs internet)")
     p.add_argument("--augment", action="store_const", const=True,
                    help="random crop and horizontal flip of training images (CNN)")
+    p.add_argument("--log-layer-stats", action="store_const", const=True,
+                   help="per epoch, record each hidden layer's mean weight-gradient norm and pre-activation "
+                        "variance on 256 test inputs (metrics.jsonl; at init: result.json)")
     p.add_argument("--out", help="run directory to write")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue the interrupted run RUN from its checkpoint, with its config.json settings "
+                        "(a finished run is only reported); only --device, --threads, --no-progress go with it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_command)
 
@@ -274,6 +366,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write")
     p.add_argument("--only", type=int, help="draw only figure N (1-7)")
     p.set_defaults(func=_figures_command)
+
+    p = sub.add_parser("report", help="the results table and training figures of a directory of runs")
+    p.add_argument("dir", help="a sweep directory (runs in DIR/runs/*/) or any tree of run directories")
+    p.add_argument("--out", required=True, help="report directory to write (table.md/.csv, figures, index.md)")
+    p.add_argument("--cells", nargs="+", action="extend", metavar="SPEC",
+                   help="loss-curve cells, [model:]activation[:sparsity[:slope]], e.g. crelu:0.85:0.9 "
+                   "(default: the two highest-sparsity cells with the lowest mean accuracy)")
+    p.add_argument("--diverged", choices=["chance", "last", "exclude"], default="chance",
+                   help="a diverged run's test accuracy: chance (1/classes, default), last (its last "
+                   "completed epoch's, chance if none) or exclude")
+    p.set_defaults(func=_report_command)
+
+    p = sub.add_parser("sweep", help="run (or resume) every run of a named experiment, locally or on Ray")
+    p.add_argument("--experiment", required=True, help="dnn-table or cnn-table (see: sparse-eoc experiments)")
+    p.add_argument("--preset", required=True, help="paper, cpu or smoke")
+    p.add_argument("--data-dir", help="directory with the dataset's files")
+    p.add_argument("--out", required=True, help="sweep directory: DIR/sweep.json and DIR/runs/<name>/")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local worker processes (default) or Ray tasks (pip install 'sparse-eoc[ray]')")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a training setting of every run, e.g. --set epochs=3 (repeatable)")
+    p.add_argument("--cpus-per-run", type=int,
+                   help="torch threads and Ray CPUs of each run (default: cores // workers, at least 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0,
+                   help="Ray GPUs of each run (with --backend ray; add --set device=cuda)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, their status and the estimate only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_sweep_command)
+
+    p = sub.add_parser("experiments", help="list the named experiments, their presets, runs and estimated time")
+    p.set_defaults(func=_experiments_command)
     return parser
 
 

@@ -59,6 +59,7 @@ def test_sparsity_at_target_after_short_training(tmp_path, mnist_subset_dir):
         (dict(slope=0.5, m=1.0), "either m or slope"),
         (dict(width=0), "width must be an integer >= 1"),
         (dict(lr=-1.0), "lr must be a finite number > 0"),
+        (dict(readout_lr_scale=0.0), "readout_lr_scale must be a finite number > 0"),
         (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
         (dict(optimizer="lbfgs"), "optimizer must be one of sgd, adam"),
         (dict(activation="tanh"), "activation must be one of"),
@@ -88,3 +89,33 @@ def test_cosine_schedule_decays_to_zero_per_step():
     assert make_scheduler("none", opt, total_steps=10) is None
     with pytest.raises(ValueError, match="lr_schedule must be one of none, cosine"):
         make_scheduler("step", opt, total_steps=10)
+
+
+def test_readout_lr_scale_moves_only_the_readout_faster(tmp_path, mnist_subset_dir):
+    """The readout group learns at lr x scale: with a scale of 4 and SGD without momentum
+    the readout's first update is exactly 4x that of the same run at scale 1, and the
+    hidden layers' first update is unchanged."""
+    from sparse_eoc.nn import SparseMLP
+    from sparse_eoc.train.loop import make_optimizer, param_groups
+
+    model = SparseMLP(20, 3, depth=2, width=8, activation="relu")
+    groups = param_groups(model, 4.0, lr=0.01)
+    assert [g.get("lr") for g in groups] == [None, 0.04]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.readout.parameters()}
+    assert len(param_groups(model, 1.0, lr=0.01)) == 1
+    x, y = torch.randn(16, 20, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 3
+    steps = {}
+    for scale in (1.0, 4.0):
+        m = SparseMLP(20, 3, depth=2, width=8, activation="relu").double()
+        m.load_state_dict(model.double().state_dict())
+        before = [p.detach().clone() for p in m.parameters()]
+        opt = make_optimizer("sgd", param_groups(m, scale, lr=0.01), lr=0.01, momentum=0.0, weight_decay=0.0)
+        torch.nn.functional.cross_entropy(m(x.double()), y).backward()
+        opt.step()
+        steps[scale] = [p.detach() - b for p, b in zip(m.parameters(), before)]
+    readout = {id(p) for p in m.readout.parameters()}
+    for p, a, b in zip(m.parameters(), steps[1.0], steps[4.0]):
+        torch.testing.assert_close(b, 4 * a if id(p) in readout else a, rtol=1e-12, atol=0)
+    result = train(small_config(mnist_subset_dir, epochs=1, readout_lr_scale=3.0), tmp_path, progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["readout_lr_scale"] == 3.0
+    assert result["status"] == "completed"

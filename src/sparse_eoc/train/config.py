@@ -47,9 +47,11 @@ class TrainConfig:
     epochs: int = 5
     optimizer: str = "sgd"  # sgd (the paper's) or adam
     lr: float = 1e-3
+    readout_lr_scale: float = 1.0  # the readout layer learns at lr x this (the hidden layers at lr)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
     lr_schedule: str = "none"  # none (constant) or cosine (per-step decay to 0 over all epochs)
+    label_smoothing: float = 0.0  # epsilon in [0, 1) of the training loss only (evaluation: plain cross-entropy)
     batch_size: int = 128
     seed: int = 0  # initialisation, shuffling and the validation split
     val_size: int = 0  # training examples held out for validation (the paper: 0)
@@ -58,6 +60,7 @@ class TrainConfig:
     dataset: str = "mnist"  # mnist (any MNIST-format IDX files) or cifar10 (python pickle batches)
     data_dir: str | None = None
     augment: bool = False  # random crop (padding 4) and horizontal flip of training images
+    log_layer_stats: bool = False  # per-layer gradient norms and pre-activation variances per epoch
     preset: str | None = None  # the named preset these settings started from (a record)
 
     def __post_init__(self):
@@ -97,7 +100,7 @@ class TrainConfig:
             raise ValueError("augment (random crop and flip) applies to model=cnn only")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("lr", "q_star"):
+        for name in ("lr", "q_star", "readout_lr_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
@@ -107,6 +110,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
         if self.momentum >= 1:
             raise ValueError(f"momentum must be in [0, 1), got momentum={self.momentum!r}")
+        value = self.label_smoothing
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ValueError(f"label_smoothing must be a number in [0, 1), got label_smoothing={value!r}")
+        for name in ("augment", "log_layer_stats"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {name}={getattr(self, name)!r}")
 
     @property
     def resolved_sparsity(self) -> float:

@@ -1,0 +1,183 @@
+"""The sweep report: the results table and the training figures of a directory of finished runs.
+
+Price et al., ICLR 2024, section 5 (THEORY.md 5). :func:`write_report` writes the table
+(:mod:`sparse_eoc.experiments.results`, :mod:`sparse_eoc.experiments.report_table`),
+the figures (:mod:`sparse_eoc.experiments.report_figures`) and an ``index.md``. What a
+run, a cell and a diverged run's accuracy mean is defined in
+:mod:`sparse_eoc.experiments.results`; the public names of those modules are
+re-exported here.
+
+Example::
+
+    from sparse_eoc.experiments.report import build_table, load_runs, write_report
+    rows = build_table(load_runs("sweeps/table1"))
+    write_report("sweeps/table1", "sweeps/table1/report", cells=["crelu:0.85:0.9"])
+
+Nothing here imports torch: results are read from JSON files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from sparse_eoc.experiments.report_figures import draw_accuracy_vs_sparsity, draw_layer_stats, draw_loss_curves
+from sparse_eoc.experiments.report_table import table_csv, table_markdown
+from sparse_eoc.experiments.results import (
+    _COUNTED,
+    _IDENTITY,
+    DIVERGED_CONVENTIONS,
+    IGNORED_SETTINGS,
+    Run,
+    _group,
+    _select,
+    _spec_of,
+    build_table,
+    load_runs,
+    select_cells,
+)
+from sparse_eoc.jsonio import write_text_atomic
+
+__all__ = [
+    "DIVERGED_CONVENTIONS",
+    "IGNORED_SETTINGS",
+    "Run",
+    "ReportSummary",
+    "load_runs",
+    "build_table",
+    "select_cells",
+    "table_markdown",
+    "table_csv",
+    "draw_accuracy_vs_sparsity",
+    "draw_loss_curves",
+    "draw_layer_stats",
+    "write_report",
+]
+
+_FILES = {"table_md": "table.md", "table_csv": "table.csv", "index": "index.md"}
+_FIG_STEMS = {1: "fig1_accuracy_vs_sparsity", 2: "fig2_loss_curves", 3: "fig3_layer_stats"}
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What :func:`write_report` found and wrote.
+
+    Attributes:
+        paths: the files written: table.md, table.csv, the figures, index.md last.
+        n_found: run directories found (finished or not).
+        n_finished: with a result.json.
+        n_diverged: finished runs whose status is ``diverged``.
+        n_unfinished: without a result.json (not tabulated).
+        notes: why a figure was skipped, one line each.
+    """
+
+    paths: list[Path]
+    n_found: int
+    n_finished: int
+    n_diverged: int
+    n_unfinished: int
+    notes: list[str]
+
+
+def _save(fig: Figure, out: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        tmp = out / f"{stem}.tmp.{fmt}"
+        fig.savefig(tmp, format=fmt, dpi=200, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def write_report(directory: str | os.PathLike, out: str | os.PathLike, *, cells: Sequence[str] | None = None,
+                 diverged: str = "chance", formats: Sequence[str] = ("png", "pdf")) -> ReportSummary:
+    """Write the table and the figures of the runs under ``directory`` into ``out``.
+
+    Files: ``table.md``, ``table.csv`` (:func:`build_table`), ``fig1_accuracy_vs_sparsity``,
+    ``fig2_loss_curves``, ``fig3_layer_stats`` (each in every format; fig3 only when a
+    run logged per-layer statistics, fig1 only with a sparse cell), and ``index.md``
+    (the source, the run counts, the conventions, links to all of them).
+
+    Args:
+        directory: searched at any depth for run directories (:func:`load_runs`).
+        out: the report directory, created if missing; files of the same names are replaced.
+        cells: loss-curve cells, ``[model:]activation[:sparsity[:slope]]`` (:func:`select_cells`).
+        diverged: the convention for diverged runs' accuracy (:data:`DIVERGED_CONVENTIONS`).
+        formats: figure file formats matplotlib writes, e.g. ("png", "pdf"); png at 200 dpi.
+
+    Raises:
+        ValueError: ``directory`` not a directory or holding no finished run, a bad
+            ``cells`` spec or ``diverged`` convention, no ``formats``.
+    """
+    formats = tuple(formats)
+    if not formats:
+        raise ValueError("formats must name at least one file format, e.g. ('png', 'pdf')")
+    if diverged not in DIVERGED_CONVENTIONS:
+        raise ValueError(f"diverged must be one of {DIVERGED_CONVENTIONS}, got diverged={diverged!r}")
+    src = Path(directory)
+    every = load_runs(src, include_unfinished=True)
+    runs = [r for r in every if r.finished]
+    if not runs:
+        raise ValueError(f"directory {str(src)!r} holds no finished run (config.json + result.json): "
+                         f"{len(every)} unfinished")
+    chosen = _select(_group(runs, diverged)[0], cells)  # a bad spec fails before anything is written
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = build_table(runs, diverged=diverged)
+    written: list[Path] = []
+    for key, text in (("table_md", table_markdown(rows, diverged=diverged)), ("table_csv", table_csv(rows))):
+        write_text_atomic(dest / _FILES[key], text)
+        written.append(dest / _FILES[key])
+
+    notes: list[str] = []
+    figures: list[tuple[int, str, list[Path]]] = []
+    drawn = {
+        1: (draw_accuracy_vs_sparsity(runs, diverged=diverged),
+            "test accuracy against sparsity, per activation and V'(q*), ReLU baseline band",
+            "no sparse (non-ReLU) cell"),
+        2: (draw_loss_curves(runs, cells, diverged=diverged),
+            "training loss of every seed, cells: " + ", ".join(_spec_of(c) for c in chosen),
+            ""),
+        3: (draw_layer_stats(runs, diverged=diverged),
+            "per-layer gradient norms (and pre-activation variances) over training, failing vs healthy cell",
+            "no run logged layer_grad_norm (train with --log-layer-stats)"),
+    }
+    for number, (fig, caption, why_not) in drawn.items():
+        if fig is None:
+            notes.append(f"figure {number} skipped: {why_not}")
+            continue
+        paths = _save(fig, dest, _FIG_STEMS[number], formats)
+        figures.append((number, caption, paths))
+        written += paths
+
+    n_div = sum(r.diverged for r in runs)
+    shared = []
+    for model in dict.fromkeys(r.model for r in runs):
+        mine = [r.settings() for r in runs if r.model == model]
+        same = {k: v for k, v in mine[0].items()
+                if k not in _IDENTITY and all(repr(s.get(k)) == repr(v) for s in mine[1:])}
+        shared.append(f"- {model}: " + ", ".join(f"{k} = {v}" for k, v in sorted(same.items())))
+    lines = [
+        "# Sweep report", "",
+        f"Source: `{src.resolve()}`", "",
+        f"Runs: {len(every)} found, {len(runs)} finished ({len(runs) - n_div} completed, {n_div} diverged), "
+        f"{len(every) - len(runs)} unfinished (no result.json; not tabulated).", "",
+        f"Diverged runs count in the test accuracy {_COUNTED[diverged]} (`--diverged {diverged}`); "
+        "the 'completed' column leaves them out.", "",
+        "## Table", "", f"[table.md]({_FILES['table_md']}), [table.csv]({_FILES['table_csv']})", "",
+        *(line.replace("## ", "### ", 1) if line.startswith("## ") else line
+          for line in table_markdown(rows, diverged=diverged).split("\n")[4:]), "",
+        "## Settings shared by every finished run of a model", "", *shared, "",
+        "## Figures", "", "| # | files | shows |", "|---|---|---|",
+        *(f"| {n} | " + ", ".join(f"[{p.name}]({p.name})" for p in paths) + f" | {caption} |"
+          for n, caption, paths in figures),
+        "", *(f"- {note}" for note in notes),
+    ]
+    write_text_atomic(dest / _FILES["index"], "\n".join(lines).rstrip() + "\n")
+    written.append(dest / _FILES["index"])
+    return ReportSummary(written, len(every), len(runs), n_div, len(every) - len(runs), notes)

@@ -1,0 +1,306 @@
+"""The training figures of a set of finished runs, each drawn into a fresh matplotlib Figure.
+
+Price et al., ICLR 2024: test accuracy against sparsity (section 5, the main result);
+the appendix's training-loss curves of every seed; and, ours, per-layer gradient
+norms over training of a failing and a healthy setting. Runs and cells are those of
+:mod:`sparse_eoc.experiments.results`; no pyplot, no global state.
+
+Example::
+
+    from sparse_eoc.experiments.report_figures import draw_loss_curves
+    from sparse_eoc.experiments.results import load_runs
+    draw_loss_curves(load_runs("sweeps/table1"), ["crelu:0.85:0.9"]).savefig("loss.png")
+
+Nothing here imports torch: results are read from JSON files.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from sparse_eoc.activations import ALIASES
+from sparse_eoc.experiments.report_table import _num, _pm
+from sparse_eoc.experiments.results import _COUNTED, _ORDER, Run, _Cell, _group, _is_clipped, _select
+from sparse_eoc.figures import CMAPS, COLORS, LABELS
+
+__all__ = ["draw_accuracy_vs_sparsity", "draw_loss_curves", "draw_layer_stats"]
+
+_MARKERS = "os^Dv<>p"
+
+
+def _wrap(text: str, width: int = 52) -> str:
+    """A panel title broken into lines of at most ``width`` characters, so neighbours do not overlap."""
+    return textwrap.fill(text, width, break_on_hyphens=False)
+
+
+def _figure(nrows: int, ncols: int, panel: tuple[float, float], **kw) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
+
+
+def _colour(activation: str, i: int, n: int):
+    """The activation's colour; for n > 1 clipped lines, shades of its colour map (light to dark)."""
+    name = ALIASES.get(activation, activation) if activation != "relu" else "relu"
+    if n <= 1 or name not in CMAPS:
+        return COLORS.get(name, f"C{i}")
+    return colormaps[CMAPS[name]](0.45 + 0.5 * i / (n - 1))
+
+
+def draw_accuracy_vs_sparsity(runs: Sequence[Run], *, diverged: str = "chance") -> Figure | None:
+    """Test accuracy against the target sparsity s (the paper's main result, section 5).
+
+    One panel per sparse activation (columns) and per model and extra-setting group
+    (rows). A clipped activation has one line per V'(q*), shaded light to dark; each
+    point is the mean over seeds with a ±1 std error bar (ddof = 1), open if any of its
+    runs diverged. The ReLU baseline of the same group is a grey band (mean ± std).
+
+    Returns:
+        The figure, or None when no sparse (non-ReLU) cell exists.
+    """
+    cells, _ = _group(runs, diverged)
+    groups = list(dict.fromkeys(c.group() for c in cells))
+    acts = sorted({c.settings["activation"] for c in cells} - {"relu"},
+                  key=lambda a: (_ORDER.index(a) if a in _ORDER else len(_ORDER), a))
+    if not acts:
+        return None
+    fig, axes = _figure(len(groups), len(acts), (3.6, 3.2))
+    for gi, group in enumerate(groups):
+        in_group = [c for c in cells if c.group() == group]
+        base = next((c.row for c in in_group if c.settings["activation"] == "relu"), None)
+        first = in_group[0]
+        tag = ", ".join([first.settings["model"].upper(), *(f"{e} = {first.settings[e]}" for e in first.extras)])
+        labelled = False
+        for ai, act in enumerate(acts):
+            ax = axes[gi, ai]
+            mine = [c for c in in_group if c.settings["activation"] == act]
+            if not mine:  # this activation was not run in this group
+                ax.set_visible(False)
+                continue
+            slopes = sorted({c.settings["slope"] for c in mine})
+            xs_all = sorted({c.settings["sparsity"] for c in mine})
+            span = (xs_all[-1] - xs_all[0]) if len(xs_all) > 1 else 0.1
+            if base is not None and base["test_accuracy_mean"] is not None:
+                mu, sd = base["test_accuracy_mean"], base["test_accuracy_std"] or 0.0
+                ax.axhspan(mu - sd, mu + sd, color="0.85", lw=0, zorder=0)
+                ax.axhline(mu, color=COLORS["relu"], lw=1, ls="--", zorder=1,
+                           label=f"ReLU: {_pm(mu, base['test_accuracy_std'])}")
+            for si, slope in enumerate(slopes):
+                line = sorted((c for c in mine if c.settings["slope"] == slope), key=lambda c: c.settings["sparsity"])
+                pts = [c for c in line if c.row["test_accuracy_mean"] is not None]
+                if not pts:
+                    continue
+                dx = (si - (len(slopes) - 1) / 2) * 0.012 * span  # side by side, so error bars do not overlap
+                x = np.array([c.settings["sparsity"] for c in pts]) + dx
+                y = np.array([c.row["test_accuracy_mean"] for c in pts])
+                e = np.array([c.row["test_accuracy_std"] or 0.0 for c in pts])
+                colour = _colour(act, si, len(slopes))
+                label = f"V'(q*) = {slope:g}" if _is_clipped(act) else LABELS.get(act, act)
+                marker = _MARKERS[si % len(_MARKERS)]
+                ax.errorbar(x, y, yerr=e, color=colour, marker=marker, ms=5, capsize=3, lw=1.3, label=label)
+                bad = np.array([c.row["n_diverged"] > 0 for c in pts])
+                if bad.any():
+                    ax.plot(x[bad], y[bad], ls="none", marker=marker, ms=5, mfc="white", mec=colour, zorder=5)
+            ax.set_xticks(xs_all)
+            ax.set_xlabel("target sparsity s")
+            ax.set_title(f"{LABELS.get(act, act)}\n" + _wrap(tag, 45), fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+            if not labelled:
+                ax.set_ylabel("test accuracy")
+                labelled = True
+        shown = [ax for ax in axes[gi] if ax.get_visible()]  # one y range per row, to compare the panels
+        lo, hi = min(ax.get_ylim()[0] for ax in shown), max(ax.get_ylim()[1] for ax in shown)
+        for ax in shown:
+            ax.set_ylim(lo, hi)
+    xs = [c.settings["sparsity"] for c in cells if c.settings["activation"] != "relu"]
+    pad = 0.08 * max(max(xs) - min(xs), 0.1)
+    for ax in axes.flat:  # one s axis for every panel
+        ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    if any(c.row["n_diverged"] for c in cells):
+        fig.suptitle(f"open markers: at least one run diverged (counted {_COUNTED[diverged]})", fontsize=8)
+    return fig
+
+
+
+def draw_loss_curves(runs: Sequence[Run], specs: Sequence[str] | None = None, *,
+                     diverged: str = "chance") -> Figure:
+    """Training loss against epoch for every seed of the chosen cells (the paper's appendix).
+
+    One panel per cell (see :func:`select_cells` for ``specs``), one line per run: the
+    per-epoch mean training loss of ``metrics.jsonl``, log scale, labelled with the
+    seed and final test accuracy. A diverged run's partial epoch (the mean finite loss
+    of its steps before the divergence, ``result.json["diverged"]["partial_train_loss"]``)
+    is an x at that epoch, joined by a dotted line.
+
+    Raises:
+        ValueError: as :func:`select_cells`.
+    """
+    cells, _ = _group(runs, diverged)
+    chosen = _select(cells, specs)
+    ncols = min(3, len(chosen))
+    nrows = math.ceil(len(chosen) / ncols)
+    fig, axes = _figure(nrows, ncols, (4.4, 3.9))
+    for ax in axes.flat[len(chosen):]:
+        ax.set_visible(False)
+    for ax, cell in zip(axes.flat, chosen):
+        cell_runs = sorted(cell.runs, key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
+        for i, run in enumerate(cell_runs):
+            pts = [(m["epoch"], m["train_loss"]) for m in run.metrics
+                   if m.get("train_loss") is not None and m["train_loss"] > 0]
+            colour = f"C{i % 10}"
+            div = (run.result or {}).get("diverged") or {}
+            partial = div.get("partial_train_loss") if run.diverged else None
+            last = run.last_accuracy
+            if run.diverged:
+                label = f"seed {run.seed}: diverged in epoch {div.get('epoch', '?')}"
+                label += f" (acc {last:.3f} before)" if last is not None else " (no epoch completed)"
+            else:
+                label = f"seed {run.seed}: acc {_num(run.result.get('test_accuracy'), '.3f') or 'n/a'}"
+            if pts:
+                ax.plot(*zip(*pts), color=colour, marker="o", ms=3, lw=1.3, label=label)
+                label = None
+            if partial is not None and partial > 0:
+                x = div.get("epoch", (pts[-1][0] + 1) if pts else 1)
+                if pts:
+                    ax.plot([pts[-1][0], x], [pts[-1][1], partial], color=colour, ls=":", lw=1.2)
+                ax.plot([x], [partial], color=colour, marker="x", ms=8, mew=2, ls="none", label=label)
+            elif label is not None:  # nothing to draw: still name the run in the legend
+                ax.plot([], [], color=colour, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss (per-epoch mean)")
+        acc = _pm(cell.row["test_accuracy_mean"], cell.row["test_accuracy_std"])
+        ax.set_title(_wrap(f"{cell.label()} ({cell.settings['model'].upper()})") + f"\ntest acc {acc or 'n/a'}",
+                     fontsize=9)
+        last_epoch = max([1, *(x for line in ax.get_lines() for x in line.get_xdata())])
+        ax.set_xlim(0.5, last_epoch + 0.5)
+        if last_epoch <= 12:
+            ax.set_xticks(range(1, int(last_epoch) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+    if any(r.diverged for c in chosen for r in c.runs):
+        fig.suptitle("x: the partial training loss of the epoch in which a run diverged", fontsize=8)
+    return fig
+
+
+def _has_stat(run: Run, key: str) -> bool:
+    return any(isinstance(m.get(key), list) and m[key] for m in run.metrics)
+
+
+def _geo_mean_by_epoch(runs: Sequence[Run], key: str) -> dict[int, np.ndarray]:
+    """{epoch: per-layer geometric mean over the runs that logged it}, shape (L,) each."""
+    by_epoch: dict[int, list[np.ndarray]] = {}
+    for run in runs:
+        for m in run.metrics:
+            vals = m.get(key)
+            if isinstance(vals, list) and vals:
+                v = np.array([np.nan if x is None else x for x in vals], dtype=float)  # (L,)
+                by_epoch.setdefault(int(m["epoch"]), []).append(v)
+        init = (run.result or {}).get("init_layer_preact_var") if key == "layer_preact_var" else None
+        if isinstance(init, list) and init:
+            by_epoch.setdefault(0, []).append(np.array([np.nan if x is None else x for x in init], dtype=float))
+    out = {}
+    for epoch, arrs in sorted(by_epoch.items()):
+        if len({a.shape for a in arrs}) != 1:
+            continue  # runs of different depth cannot share a layer axis
+        stack = np.stack(arrs)  # (runs, L)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(stack > 0, np.log(np.where(stack > 0, stack, 1.0)), np.nan)
+            count = np.sum(~np.isnan(logs), axis=0)
+            out[epoch] = np.where(count > 0, np.exp(np.nansum(logs, axis=0) / np.maximum(count, 1)), np.nan)
+    return out
+
+
+def _pick_stat_cells(cells: Sequence[_Cell]) -> list[tuple[str, _Cell]]:
+    logged = [c for c in cells if any(_has_stat(r, "layer_grad_norm") for r in c.runs)]
+    if not logged:
+        return []
+
+    def acc(c):
+        v = c.row["test_accuracy_mean"]
+        return -math.inf if v is None else v
+
+    failing = min(logged, key=lambda c: (acc(c), -c.settings["sparsity"]))
+    rest = [c for c in logged if c is not failing]
+    if not rest:
+        return [("", failing)]
+    healthy = max(rest, key=lambda c: (acc(c), c.settings["sparsity"]))
+    return [("failing", failing), ("healthy", healthy)]
+
+
+def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
+                     max_epochs: int = 8) -> Figure | None:
+    """Per-layer gradient norms (and pre-activation variances) over training.
+
+    For the cell with the lowest mean test accuracy ("failing") and the one with the
+    highest ("healthy") among those whose runs logged ``layer_grad_norm``
+    (``sparse-eoc train --log-layer-stats``): x is the hidden layer l = 1..L, y (log) the
+    mean over the epoch's steps of ||dLoss/dW^l||_2, one line per epoch coloured by
+    epoch (at most ``max_epochs`` of them, evenly spaced, first and last kept),
+    geometric mean over the cell's seeds. When ``layer_preact_var`` was logged too, a
+    second row shows the pre-activation variance q^l (epoch 0: at initialisation) against
+    q* (dashed), the fixed point the EoC initialisation targets (THEORY.md 3).
+
+    Returns:
+        The figure, or None when no run logged ``layer_grad_norm``.
+
+    Raises:
+        ValueError: ``max_epochs`` < 2.
+    """
+    if max_epochs < 2:
+        raise ValueError(f"max_epochs must be >= 2, got max_epochs={max_epochs!r}")
+    cells, _ = _group(runs, diverged)
+    picked = _pick_stat_cells(cells)
+    if not picked:
+        return None
+    stats = [("layer_grad_norm", r"$\|\partial \mathrm{Loss} / \partial W^l\|_2$ (epoch mean)")]
+    if any(_has_stat(r, "layer_preact_var") for _, c in picked for r in c.runs):
+        stats.append(("layer_preact_var", r"pre-activation variance $q^l$"))
+    fig, axes = _figure(len(stats), len(picked), (4.6, 3.3))
+    all_epochs = [e for _, c in picked for key, _ in stats for e in _geo_mean_by_epoch(c.runs, key)]
+    norm = Normalize(min(all_epochs), max(max(all_epochs), min(all_epochs) + 1))
+    cmap = colormaps["viridis"]
+    for ci, (role, cell) in enumerate(picked):
+        for si, (key, ylabel) in enumerate(stats):
+            ax = axes[si, ci]
+            series = _geo_mean_by_epoch(cell.runs, key)
+            epochs = sorted(series)
+            if len(epochs) > max_epochs:
+                idx = np.unique(np.linspace(0, len(epochs) - 1, max_epochs).round().astype(int))
+                epochs = [epochs[i] for i in idx]
+            for epoch in epochs:
+                v = series[epoch]  # (L,)
+                ax.plot(np.arange(1, len(v) + 1), v, color=cmap(norm(epoch)), marker=".", ms=3, lw=1.1)
+            if key == "layer_preact_var":
+                ax.axhline(cell.runs[0].q_star, color="k", ls="--", lw=1, label="q*")
+                ax.legend(fontsize=7, loc="best")
+            if not epochs:
+                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+            else:
+                ax.set_yscale("log")
+            ax.set_xlabel("hidden layer l")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3, which="both")
+            if ci == 0:
+                ax.set_ylabel(ylabel)
+            if si == 0:
+                n_seeds = sum(_has_stat(r, key) for r in cell.runs)
+                acc = _pm(cell.row["test_accuracy_mean"], cell.row["test_accuracy_std"]) or "n/a"
+                head = f"{role}: " if role else ""
+                ax.set_title(_wrap(f"{head}{cell.label()} ({cell.settings['model'].upper()})") +
+                             f"\ntest acc {acc}; geometric mean of {n_seeds} seed(s)", fontsize=9)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="epoch (0: at initialisation)"
+                       if 0 in all_epochs else "epoch", shrink=0.9)
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig

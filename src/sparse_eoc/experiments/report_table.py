@@ -1,0 +1,110 @@
+"""The results table as text: Markdown for reading, CSV for other tools.
+
+Both take the rows of :func:`sparse_eoc.experiments.results.build_table` (Price et al.,
+ICLR 2024, section 5). Nothing here imports torch.
+
+Example::
+
+    from sparse_eoc.experiments.report_table import table_csv, table_markdown
+    from sparse_eoc.experiments.results import build_table, load_runs
+    rows = build_table(load_runs("sweeps/table1"))
+    print(table_markdown(rows))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sparse_eoc.experiments.results import _IDENTITY, DIVERGED_CONVENTIONS, _is_clipped
+from sparse_eoc.gp.clip import M_MAX
+
+__all__ = ["table_markdown", "table_csv"]
+
+
+def _extras_of(rows: Sequence[dict[str, Any]]) -> list[str]:
+    fixed = {*_IDENTITY, "m", "n_runs", "seeds", "n_completed", "n_diverged", "test_accuracy_mean",
+             "test_accuracy_std", "completed_accuracy_mean", "completed_accuracy_std", "train_sparsity_mean",
+             "test_sparsity_mean", "bifurcation_m", "below_bifurcation", "chance"}
+    return [k for k in (rows[0] if rows else {}) if k not in fixed]
+
+
+def _num(value: float | None, fmt: str = ".4f") -> str:
+    if value is None:
+        return ""
+    return "inf" if value == math.inf else format(value, fmt)
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def _md_cells(row: dict[str, Any], extras: Sequence[str]) -> list[str]:
+    clipped = _is_clipped(row["activation"])
+    if not clipped:
+        m_b, below = "n/a", "n/a"
+    elif row["bifurcation_m"] is None:
+        m_b, below = f"none < {M_MAX * math.sqrt(row['q_star']):g}", "yes"
+    else:
+        m_b, below = f"{row['bifurcation_m']:.4f}", "yes" if row["below_bifurcation"] else "no"
+    return [
+        row["activation"], f"{row['sparsity']:g}", f"{row['slope']:g}", _num(row["m"]),
+        *(str(row[k]) for k in extras), str(row["n_runs"]),
+        _pm(row["test_accuracy_mean"], row["test_accuracy_std"]),
+        _pm(row["completed_accuracy_mean"], row["completed_accuracy_std"]),
+        _num(row["train_sparsity_mean"]), _num(row["test_sparsity_mean"]), str(row["n_diverged"]), m_b, below,
+    ]
+
+
+def table_markdown(rows: Sequence[dict[str, Any]], *, diverged: str = "chance") -> str:
+    """The table as Markdown, one section per model when there are several.
+
+    Columns: activation, s, V'(q*), m, the extra settings, runs, test accuracy (mean ±
+    std over seeds under the ``diverged`` convention; no ± for one run), the same over
+    completed runs, train and test sparsity (means over completed runs), diverged (count),
+    m_b and whether m < m_b.
+    """
+    if diverged not in DIVERGED_CONVENTIONS:
+        raise ValueError(f"diverged must be one of {DIVERGED_CONVENTIONS}, got diverged={diverged!r}")
+    all_extras = _extras_of(rows)
+    counted = {"chance": "at chance (1 / classes)", "last": "at their last completed epoch's accuracy "
+               "(chance if none)", "exclude": "not at all"}[diverged]
+    lines = ["# Results", "",
+             "Test accuracy: mean ± std over seeds (std with ddof = 1; none for one seed); diverged runs count "
+             f"{counted}. 'test acc (completed)' leaves them out. Sparsities (fraction of exact zeros in the hidden "
+             "layers) are means over completed runs. m_b: the clip at which the variance map bifurcates "
+             "(THEORY.md 4.3); m < m_b is the theory's prediction of a stable fixed point q*.", ""]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        if len(models) > 1:
+            lines += [f"## {model}", ""]
+        mine = [r for r in rows if r["model"] == model]
+        extras = [k for k in all_extras if len({repr(r[k]) for r in mine}) > 1]
+        header = ["activation", "s", "V'(q*)", "m", *extras, "runs", "test acc", "test acc (completed)",
+                  "train sparsity", "test sparsity", "diverged", "m_b", "m < m_b"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_md_cells(r, extras)) + " |" for r in mine]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def table_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The table as CSV: one line per row of :func:`build_table`, numbers unrounded.
+
+    ``seeds`` is space-separated; None is an empty field; ``m`` of an unclipped
+    activation is ``inf``; booleans are True/False.
+    """
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (" ".join(str(s) for s in v) if k == "seeds" else ("" if v is None else v))
+                         for k, v in row.items()})
+    return buf.getvalue()

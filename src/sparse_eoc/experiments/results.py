@@ -1,0 +1,450 @@
+"""Finished runs read from disk, grouped into cells, as the paper's results table.
+
+Price et al., ICLR 2024, section 5 (THEORY.md 5): test accuracy mean +- std over seeds
+and train/test sparsity per activation, sparsity s and clip, against the ReLU
+baseline. The table's text forms are in :mod:`sparse_eoc.experiments.report_table`,
+the figures in :mod:`sparse_eoc.experiments.report_figures`, and the report written
+from all of them in :mod:`sparse_eoc.experiments.report`.
+
+A *run* is any directory holding a ``config.json`` with an ``eoc`` section (written by
+``sparse_eoc.train.train``); it is *finished* when ``result.json`` exists too, and
+*unfinished* otherwise (reported as a count, never tabulated). :func:`load_runs` finds
+them at any depth below a directory (a sweep's ``DIR/runs/*/``, or any tree).
+
+A *cell* is one table row: the runs that share every setting but the seed. Its
+identity is (model, activation, s, V'(q*)) with s and V'(q*) the *resolved* values
+of ``config.json["eoc"]`` (so ``--slope 0.7`` and the ``--m`` it resolves to meet,
+and ReLU is s = 0.5, V'(q*) = 1), plus every other scalar setting that varies across
+the runs given (depth, lr, ...: shown as extra columns); bookkeeping settings
+(:data:`IGNORED_SETTINGS`) never split a cell.
+
+Diverged runs (``result.json["status"] == "diverged"``) are failures. The headline
+accuracy counts each at *chance*, 1 / num_classes: a network whose loss went
+non-finite predicts nothing, and it is how the paper's 0.28 +- 0.37 for CReLU at
+s = 0.85, V'(q*) = 0.9 over 5 seeds reads (four at ~0.1, one trained). The other
+conventions (``diverged="last"``: the last completed epoch's test accuracy, chance if
+none; ``"exclude"``) are one argument away, and every row also reports the number of
+diverged runs and the accuracy over completed runs alone. Sparsities are means over
+completed runs.
+
+Example::
+
+    from sparse_eoc.experiments.results import build_table, load_runs, select_cells
+    runs = load_runs("sweeps/table1")
+    rows = build_table(runs)
+    shown = select_cells(runs, ["crelu:0.85:0.9"])
+
+Nothing here imports torch: results are read from JSON files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparse_eoc.activations import ACTIVATIONS, ALIASES
+from sparse_eoc.figures import LABELS
+from sparse_eoc.gp import bifurcation_m
+
+__all__ = [
+    "DIVERGED_CONVENTIONS",
+    "IGNORED_SETTINGS",
+    "Run",
+    "load_runs",
+    "build_table",
+    "select_cells",
+]
+
+#: How a diverged run enters the headline accuracy: at chance (1 / num_classes), at its
+#: last completed epoch's test accuracy (chance if none), or not at all.
+DIVERGED_CONVENTIONS = ("chance", "last", "exclude")
+#: How each convention reads in a caption: "counted <...>".
+_COUNTED = {"chance": "at chance", "last": "at its last completed epoch", "exclude": "as excluded"}
+#: Settings that never split a cell: the seed (averaged over), where and how a run ran,
+#: and records of where its settings came from.
+IGNORED_SETTINGS = frozenset({
+    "seed", "data_dir", "device", "threads", "preset", "log_layer_stats",
+    "sparse_eoc_version", "torch_version", "device_resolved",
+})
+#: Settings that mean something for one model only (TrainConfig): the other's never split a cell.
+_MODEL_ONLY = {"mlp": frozenset({"width"}), "cnn": frozenset({"channels", "kernel_size", "padding_mode"})}
+_IDENTITY = ("model", "activation", "sparsity", "slope")  # the cell's named settings, in the table's order
+_RAW_CLIP = ("sparsity", "slope", "m")  # as asked; replaced by their resolved values
+_ORDER = ["relu", *ACTIVATIONS]  # table order: the baseline, then the registry's
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory, read.
+
+    Attributes:
+        path: the directory.
+        config: ``config.json``: the TrainConfig settings at top level, and the resolved
+            ``eoc``, ``network`` and ``data`` sections.
+        result: ``result.json``, or None while the run is unfinished.
+        metrics: the lines of ``metrics.jsonl``, one dict per completed epoch, in order
+            (empty if the file is absent).
+    """
+
+    path: Path
+    config: dict[str, Any]
+    result: dict[str, Any] | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    @property
+    def diverged(self) -> bool:
+        return self.result is not None and self.result.get("status") == "diverged"
+
+    @property
+    def activation(self) -> str:
+        """The activation as asked (``relu`` stays ``relu``)."""
+        return str(self.config.get("activation") or self.config["eoc"]["activation"])
+
+    @property
+    def sparsity(self) -> float:
+        """The resolved target sparsity s (0.5 for ReLU)."""
+        return float(self.config["eoc"]["sparsity"])
+
+    @property
+    def slope(self) -> float:
+        """The resolved V'(q*) (1 for an unclipped activation)."""
+        return float(self.config["eoc"]["slope"])
+
+    @property
+    def m(self) -> float:
+        """The resolved clip m (inf when unclipped)."""
+        m = self.config["eoc"].get("m")
+        return math.inf if m is None else float(m)
+
+    @property
+    def q_star(self) -> float:
+        return float(self.config["eoc"].get("q_star", self.config.get("q_star", 1.0)))
+
+    @property
+    def model(self) -> str:
+        """``mlp`` or ``cnn`` (older configs kept the network under ``model``)."""
+        model = self.config.get("model")
+        if isinstance(model, dict):
+            model = model.get("kind")
+        return str(model or self.config.get("network", {}).get("kind", "mlp"))
+
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("seed")
+
+    @property
+    def chance(self) -> float:
+        """1 / num_classes: the accuracy counted for a failed run."""
+        return 1.0 / int(self.config.get("network", {}).get("num_classes", 10))
+
+    @property
+    def last_accuracy(self) -> float | None:
+        """The test accuracy of the last completed epoch (None if none completed)."""
+        acc = self.result.get("test_accuracy") if self.result else None
+        if acc is None and self.metrics:
+            acc = self.metrics[-1].get("test_accuracy")
+        return acc
+
+    def accuracy(self, diverged: str = "chance") -> float | None:
+        """The test accuracy this run counts with under a diverged-run convention.
+
+        Args:
+            diverged: one of :data:`DIVERGED_CONVENTIONS` (used only if the run diverged).
+
+        Returns:
+            The accuracy in [0, 1], or None (excluded: unfinished, a completed run with no
+            accuracy, or a diverged one under ``"exclude"``).
+        """
+        if not self.finished:
+            return None
+        if not self.diverged:
+            return self.result.get("test_accuracy")
+        if diverged == "exclude":
+            return None
+        if diverged == "last" and self.last_accuracy is not None:
+            return self.last_accuracy
+        return self.chance
+
+    def settings(self) -> dict[str, Any]:
+        """The scalar settings that identify this run's cell (all but the seed and bookkeeping)."""
+        other = _MODEL_ONLY.get("cnn" if self.model == "mlp" else "mlp", frozenset())
+        out = {k: _canon(v) for k, v in self.config.items() if k not in IGNORED_SETTINGS and k not in _RAW_CLIP
+               and k not in other and not isinstance(v, (dict, list))}
+        out.update(model=self.model, activation=self.activation, sparsity=_canon(self.sparsity),
+                   slope=_canon(self.slope))
+        return out
+
+
+def _canon(value: Any) -> Any:
+    """Floats to 8 significant digits, so that 0.6999999999999995 and 0.7 meet."""
+    return float(f"{value:.8g}") if isinstance(value, float) and math.isfinite(value) else value
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    lines = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {i}: not valid JSON ({err})") from err
+    return lines
+
+
+def load_runs(directory: str | os.PathLike, *, include_unfinished: bool = False) -> list[Run]:
+    """Every run directory at any depth below ``directory``, sorted by path.
+
+    Args:
+        directory: a sweep directory (runs in ``runs/*/``) or any tree of run directories;
+            a single run directory works too.
+        include_unfinished: also return runs without ``result.json`` (``result`` None).
+
+    Returns:
+        The runs: each a directory whose ``config.json`` has an ``eoc`` section; other
+        ``config.json`` files (a sweep's own, say) are skipped.
+
+    Raises:
+        ValueError: ``directory`` is not a directory, or a run's JSON file is corrupt.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"directory {str(root)!r} is not a directory (pass a sweep or run directory)")
+    runs = []
+    for cfg_path in sorted(root.rglob("config.json")):
+        config = _read_json(cfg_path)
+        if not isinstance(config, dict) or not isinstance(config.get("eoc"), dict):
+            continue  # not a run's config
+        run_dir = cfg_path.parent
+        result = _read_json(run_dir / "result.json") if (run_dir / "result.json").is_file() else None
+        if result is None and not include_unfinished:
+            continue
+        runs.append(Run(run_dir, config, result, _read_metrics(run_dir / "metrics.jsonl")))
+    return runs
+
+
+# --------------------------------------------------------------------------- table
+
+
+@dataclass
+class _Cell:
+    settings: dict[str, Any]  # every setting of the cell, identity first
+    runs: list[Run]
+    extras: list[str] = field(default_factory=list)  # the settings besides identity varying within its model
+    row: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        act = self.settings["activation"]
+        text = f"{LABELS.get(act, act)}, s = {self.settings['sparsity']:g}"
+        if _is_clipped(act):
+            text += f", V'(q*) = {self.settings['slope']:g}"
+        return ", ".join([text, *(f"{k} = {self.settings[k]}" for k in self.extras)])
+
+    def group(self) -> tuple:
+        """The model and the values of its varying settings: the cells one can compare."""
+        return (self.settings["model"], *(repr(self.settings[k]) for k in self.extras))
+
+
+def _is_clipped(activation: str) -> bool:
+    name = ALIASES.get(activation, activation)
+    return name in ACTIVATIONS and ACTIVATIONS[name].clipped
+
+
+def _sort_key(settings: dict[str, Any], extras: Sequence[str]) -> tuple:
+    act = settings["activation"]
+    rank = _ORDER.index(act) if act in _ORDER else len(_ORDER)
+
+    def k(v):  # None first, numbers before strings, never comparing the two
+        return (v is not None, isinstance(v, str), v if v is not None else 0)
+
+    return (str(settings["model"]), *(k(settings[e]) for e in extras), rank, act,
+            settings["sparsity"], settings["slope"])
+
+
+def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def _group(runs: Sequence[Run], diverged: str) -> tuple[list[_Cell], list[str]]:
+    """The finished runs grouped into cells, sorted, each with its table row; and the extra columns."""
+    if diverged not in DIVERGED_CONVENTIONS:
+        raise ValueError(f"diverged must be one of {DIVERGED_CONVENTIONS}, got diverged={diverged!r}")
+    finished = [r for r in runs if r.finished]
+    all_settings = [r.settings() for r in finished]
+    keys = sorted({k for s in all_settings for k in s} - set(_IDENTITY))
+    by_model: dict[str, list[str]] = {}
+    for model in dict.fromkeys(s["model"] for s in all_settings):
+        mine = [s for s in all_settings if s["model"] == model]
+        by_model[model] = [k for k in keys if len({repr(s.get(k)) for s in mine}) > 1]
+    extras = [k for k in keys if any(k in e for e in by_model.values())]
+    cells: dict[tuple, _Cell] = {}
+    for run, s in zip(finished, all_settings):
+        settings = {k: s.get(k) for k in (*_IDENTITY, *extras)}
+        cell = cells.setdefault(tuple(repr(v) for v in settings.values()), _Cell(settings, [], by_model[s["model"]]))
+        cell.runs.append(run)
+    ordered = sorted(cells.values(), key=lambda c: _sort_key(c.settings, extras))
+    for cell in ordered:
+        cell.row = _row(cell, diverged)
+    return ordered, extras
+
+
+@functools.lru_cache(maxsize=None)
+def _bifurcation_m(activation: str, sparsity: float, q_star: float) -> float | None:
+    return bifurcation_m(activation, sparsity, q_star)  # ~0.1 s each: once per (activation, s, q*)
+
+
+def _row(cell: _Cell, diverged: str) -> dict[str, Any]:
+    runs = cell.runs
+    first = runs[0]
+    completed = [r for r in runs if not r.diverged]
+    acc_mean, acc_std = _mean_std(r.accuracy(diverged) for r in runs)
+    ok_mean, ok_std = _mean_std(r.result.get("test_accuracy") for r in completed)
+    act = cell.settings["activation"]
+    m_b = below = None
+    if _is_clipped(act):
+        m_b = _bifurcation_m(act, first.sparsity, first.q_star)
+        below = m_b is None or first.m < m_b  # no bifurcation up to 8 sqrt(q*): stable
+    row = {**cell.settings, "m": first.m}
+    row.setdefault("q_star", first.q_star)  # a column of its own when it varies
+    return {
+        **row,
+        "n_runs": len(runs),
+        "seeds": [r.seed for r in runs],
+        "n_completed": len(completed),
+        "n_diverged": len(runs) - len(completed),
+        "test_accuracy_mean": acc_mean,
+        "test_accuracy_std": acc_std,
+        "completed_accuracy_mean": ok_mean,
+        "completed_accuracy_std": ok_std,
+        "train_sparsity_mean": _mean_std(r.result.get("train_sparsity") for r in completed)[0],
+        "test_sparsity_mean": _mean_std(r.result.get("test_sparsity") for r in completed)[0],
+        "bifurcation_m": m_b,
+        "below_bifurcation": below,
+        "chance": first.chance,
+    }
+
+
+def build_table(runs: Sequence[Run], *, diverged: str = "chance") -> list[dict[str, Any]]:
+    """The paper's results table: one row per cell (model, activation, s, V'(q*), other settings).
+
+    Args:
+        runs: from :func:`load_runs`; unfinished runs are skipped.
+        diverged: how a diverged run enters ``test_accuracy_mean/std``, one of
+            :data:`DIVERGED_CONVENTIONS` (default ``"chance"``, see the module docstring).
+
+    Returns:
+        Rows sorted by model, the extra settings, activation (relu, relu_tau, st_tau, crelu,
+        cst), s, V'(q*). Each row has: ``model``, ``activation`` (as asked), ``sparsity`` (s,
+        0.5 for ReLU), ``slope`` (resolved V'(q*), 1 when unclipped), one key per extra
+        setting that varies across the runs, ``m`` (resolved clip, inf when unclipped),
+        ``q_star``, ``n_runs``, ``seeds`` (list, in run-path order), ``n_completed``,
+        ``n_diverged``, ``test_accuracy_mean`` / ``_std`` (over all runs under the
+        convention; std with ddof = 1, None for one value), ``completed_accuracy_mean`` /
+        ``_std`` (completed runs only, None if none), ``train_sparsity_mean`` and
+        ``test_sparsity_mean`` (completed runs; fractions of exact zeros in the hidden
+        layers), ``bifurcation_m`` (m_b of ``sparse_eoc.gp.bifurcation_m``, THEORY.md 4.3;
+        None when unclipped or no bifurcation up to 8 sqrt(q*)), ``below_bifurcation``
+        (m < m_b, the theory's stability prediction; True when no m_b exists, None when
+        unclipped) and ``chance`` (1 / num_classes).
+
+    Raises:
+        ValueError: an unknown ``diverged`` convention.
+    """
+    return [cell.row for cell in _group(runs, diverged)[0]]
+
+
+# ------------------------------------------------------------------------- choosing
+
+
+def _parse_spec(spec: str) -> dict[str, Any]:
+    parts = [p.strip() for p in spec.split(":")]
+    out: dict[str, Any] = {}
+    if parts and parts[0] in ("mlp", "cnn"):
+        out["model"] = parts.pop(0)
+    if not parts or not parts[0] or len(parts) > 3:
+        raise ValueError(f"cells: {spec!r} is not [model:]activation[:sparsity[:slope]], e.g. 'crelu:0.85:0.9'")
+    out["activation"] = parts[0]
+    try:
+        for name, text in zip(("sparsity", "slope"), parts[1:]):
+            out[name] = float(text)
+    except ValueError as err:
+        raise ValueError(f"cells: {spec!r}: sparsity and slope must be numbers, e.g. 'crelu:0.85:0.9'") from err
+    return out
+
+
+def _matches(settings: dict[str, Any], want: dict[str, Any]) -> bool:
+    for k, v in want.items():
+        have = settings[k]
+        if isinstance(v, float) and not math.isclose(have, v, rel_tol=0, abs_tol=1e-6):
+            return False
+        if not isinstance(v, float) and have != v:
+            return False
+    return True
+
+
+def _spec_of(cell: _Cell) -> str:
+    s = cell.settings
+    return f"{s['model']}:{s['activation']}:{s['sparsity']:g}" + (f":{s['slope']:g}" if _is_clipped(s['activation']) else "")
+
+
+def _select(cells: Sequence[_Cell], specs: Sequence[str] | None, n_default: int = 2) -> list[_Cell]:
+    if specs:
+        chosen: list[_Cell] = []
+        for spec in specs:
+            hits = [c for c in cells if _matches(c.settings, _parse_spec(spec))]
+            if not hits:
+                raise ValueError(f"cells: {spec!r} matches no cell; the cells are: "
+                                 + ", ".join(_spec_of(c) for c in cells))
+            chosen += [c for c in hits if c not in chosen]
+        return chosen
+
+    def acc(c: _Cell) -> float:
+        v = c.row["test_accuracy_mean"]
+        return -math.inf if v is None else v
+
+    return sorted(cells, key=lambda c: (-c.settings["sparsity"], acc(c)))[:n_default]
+
+
+def select_cells(runs: Sequence[Run], specs: Sequence[str] | None = None, *,
+                 diverged: str = "chance") -> list[dict[str, Any]]:
+    """The table rows a loss-curve figure shows.
+
+    Args:
+        runs: from :func:`load_runs`.
+        specs: ``[model:]activation[:sparsity[:slope]]`` strings, e.g. ``"crelu:0.85:0.9"``,
+            ``"relu"``, ``"cnn:cst:0.85"``; a spec picks every cell it matches (sparsity and
+            slope to 1e-6), in table order, and the union is kept in spec order. None or
+            empty: the two cells of highest s with the lowest mean test accuracy.
+        diverged: the accuracy convention the default choice ranks by.
+
+    Raises:
+        ValueError: a malformed spec, or one matching no cell (the message lists them).
+    """
+    cells, _ = _group(runs, diverged)
+    return [c.row for c in _select(cells, specs)]
+
