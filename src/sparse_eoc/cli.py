@@ -13,6 +13,9 @@
                          [--backend local|ray] [--ray-address ADDR] [--set key=value ...]
                          [--cpus-per-run N] [--gpus-per-run G] [--dry-run]
     sparse-eoc experiments
+    sparse-eoc infer     --run RUN --data-dir DIR [--batch-size B] [--strategy S] [--threads T] [--json]
+    sparse-eoc bench-inference --data-dir DIR [--widths 300,1024,4096] [--batches 1,8,64]
+                         [--sparsities 0.5,0.7,0.85,0.9] [--repeats R] [--threads T] [--json] [--out FILE]
 """
 
 from __future__ import annotations
@@ -280,6 +283,55 @@ def _experiments_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _infer_command(args: argparse.Namespace) -> int:
+    from sparse_eoc.infer import evaluate_run
+    from sparse_eoc.jsonio import to_json_safe
+
+    result = evaluate_run(args.run, args.data_dir, batch_size=args.batch_size, strategy=args.strategy,
+                          threads=args.threads, backend=args.backend, limit=args.limit, repeats=args.repeats)
+    if result["backend_note"]:
+        print(f"note: {result['backend_note']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(to_json_safe(result), allow_nan=False))
+        return 0
+    strategies = ", ".join(f"{name} {n}" for name, n in sorted(result["strategies"].items()))
+    print(f"{result['n']} test examples, batch {result['batch_size']}, {result['backend']} backend: "
+          f"accuracy {result['test_accuracy']:.4f} (dense {result['dense_test_accuracy']:.4f}), "
+          f"max |logit diff| {result['max_abs_logit_diff']:.2e}, speedup {result['speedup']:.2f}x, "
+          f"multiply-adds / {result['flop_reduction']:.2f}; layer strategies: {strategies}")
+    return 0
+
+
+def _bench_inference_command(args: argparse.Namespace) -> int:
+    from sparse_eoc.infer.bench import run_benchmark
+    from sparse_eoc.jsonio import to_json_safe, write_json
+
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    rows = run_benchmark(args.data_dir, widths=args.widths, depth=args.depth, batches=args.batches,
+                         sparsities=args.sparsities, repeats=args.repeats, threads=args.threads,
+                         slope=args.slope, strategy=args.strategy, backend=args.backend, seed=args.seed,
+                         log=log)
+    if args.out:
+        write_json(args.out, rows)
+    if args.json:
+        print(json.dumps(to_json_safe(rows), allow_nan=False))
+    return 0
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -399,6 +451,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiments", help="list the named experiments, their presets, runs and estimated time")
     p.set_defaults(func=_experiments_command)
+
+    from sparse_eoc.infer.plan import STRATEGY_CHOICES  # NumPy only
+
+    p = sub.add_parser("infer", help="a trained MLP run's test set through the sparse engine and the dense model")
+    p.add_argument("--run", required=True, help="an MLP run directory (config.json, model.safetensors)")
+    p.add_argument("--data-dir", required=True, help="directory with the run's dataset files")
+    p.add_argument("--batch-size", type=int, default=1, help="examples per call (default 1)")
+    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto",
+                   help="how each layer skips zeros (default auto: chosen per layer by a cost model)")
+    p.add_argument("--threads", type=int, default=1, help="engine and torch threads (default 1)")
+    p.add_argument("--backend", choices=["auto", "numba", "numpy"], default="auto",
+                   help="auto (numba when installed; pip install 'sparse-eoc[fast]'), numba or numpy")
+    p.add_argument("--limit", type=int, help="only the first N test examples")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes over the data, median (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_infer_command)
+
+    p = sub.add_parser("bench-inference",
+                       help="time dense PyTorch vs the sparse engine on EoC CReLU MLPs with MNIST inputs")
+    p.add_argument("--data-dir", required=True, help="MNIST-format directory (its test images are the inputs)")
+    p.add_argument("--widths", type=_int_list, default=[300, 1024, 4096],
+                   help="comma-separated widths (default 300,1024,4096)")
+    p.add_argument("--depth", type=int, help="hidden layers for every width (default: 100 at width 300, else 8)")
+    p.add_argument("--batches", type=_int_list, default=[1, 8, 64], help="comma-separated batch sizes (1,8,64)")
+    p.add_argument("--sparsities", type=_float_list, default=[0.5, 0.7, 0.85, 0.9],
+                   help="comma-separated target sparsities (default 0.5,0.7,0.85,0.9)")
+    p.add_argument("--slope", type=float, default=0.7, help="V'(q*) of CReLU at the EoC (default 0.7)")
+    p.add_argument("--repeats", type=int, default=20, help="timed repeats per row, median (default 20)")
+    p.add_argument("--threads", type=int, default=1, help="engine and torch threads (default 1)")
+    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto", help="engine strategy (default auto)")
+    p.add_argument("--backend", choices=["auto", "numba", "numpy"], default="auto", help="engine backend")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--out", help="also write the rows as JSON to this file")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON array (the table goes to stderr)")
+    p.set_defaults(func=_bench_inference_command)
     return parser
 
 

@@ -1,0 +1,28 @@
+"""Sparse inference: trained sparse MLPs evaluated exactly, reading only the weights that meet nonzero inputs."""
+
+from sparse_eoc.infer.bench import BENCH_KEYS, run_benchmark
+from sparse_eoc.infer.cnn import CNNFlopReport, cnn_flop_report
+from sparse_eoc.infer.engine import BACKENDS, EngineStats, SparseEngine, numba_available, zero_pixel_offset
+from sparse_eoc.infer.plan import STRATEGIES, STRATEGY_CHOICES, CostModel, choose_strategy
+from sparse_eoc.infer.verify import KinkReport, compare_with_dense, evaluate_run, kinks, near_kink
+
+__all__ = [
+    "BACKENDS",
+    "BENCH_KEYS",
+    "CNNFlopReport",
+    "STRATEGIES",
+    "STRATEGY_CHOICES",
+    "CostModel",
+    "EngineStats",
+    "KinkReport",
+    "SparseEngine",
+    "choose_strategy",
+    "cnn_flop_report",
+    "compare_with_dense",
+    "evaluate_run",
+    "kinks",
+    "near_kink",
+    "numba_available",
+    "run_benchmark",
+    "zero_pixel_offset",
+]

@@ -1,0 +1,197 @@
+"""The inference benchmark: dense PyTorch vs the engine's dense-own and sparse runs.
+
+For each width (and its depth), target sparsity s and batch size B: a freshly
+EoC-initialised CReLU MLP (V'(q*) = 0.7, q* = 1; paper Section 4) whose hidden layers are
+s sparse, fed real MNIST test images (the first layer is the network's own projection
+784 -> width). Three ways to get the logits of the same batch are timed in one process,
+interleaved (their order rotates each repeat, and every repeat takes the next B test
+images), and the median of ``repeats`` is reported:
+
+- ``dense_torch``: ``model(x)`` under ``torch.inference_mode()``;
+- ``dense_own``: the engine with ``skip_zeros=False`` (its own kernels, no skipping);
+- ``sparse``: the engine (``auto`` strategy unless told otherwise).
+
+Reported per row: ``width, depth, batch, sparsity`` (the target s), ``dense_torch_ms,
+dense_own_ms, sparse_ms``, ``speedup_vs_torch`` and ``speedup_vs_own`` (their ratios to
+``sparse_ms``), ``ideal`` = 1 / (1 - s), ``flop_reduction`` (dense / done multiply-adds, whole
+network, summed over repeats), ``strategy`` (the sparse run's per-layer choices, e.g.
+``gather:8,dense:1``), ``union_density`` (mean over the layers fed by hidden activations of
+the fraction of input units nonzero for at least one example of the batch), plus
+``measured_sparsity`` (zeros of those inputs), ``threads`` and ``backend``.
+
+``threads`` sets torch's and the engine's threads; the BLAS library behind the engine's
+``dense`` and ``union`` strategies keeps the thread count it loaded with
+(``benchmarks/inference.py`` pins it to ``--threads``).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run_benchmark", "format_row", "DEFAULT_WIDTHS", "DEFAULT_BATCHES", "DEFAULT_SPARSITIES", "default_depth",
+           "BENCH_KEYS"]
+
+DEFAULT_WIDTHS = (300, 1024, 4096)
+DEFAULT_BATCHES = (1, 8, 64)
+DEFAULT_SPARSITIES = (0.5, 0.7, 0.85, 0.9)
+BENCH_KEYS = ("width", "depth", "batch", "sparsity", "dense_torch_ms", "dense_own_ms", "sparse_ms",
+              "speedup_vs_torch", "speedup_vs_own", "ideal", "flop_reduction", "strategy", "union_density")
+
+
+def default_depth(width: int) -> int:
+    """The benchmark's depth for a width: 100 at width 300 (the paper's deep MLP), else 8."""
+    return 100 if width == 300 else 8
+
+
+def _strategy_summary(strategies: Sequence[str]) -> str:
+    counts = Counter(strategies)
+    return ",".join(f"{name}:{n}" for name, n in counts.most_common())
+
+
+def run_benchmark(
+    data_dir,
+    *,
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    depth: int | None = None,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    repeats: int = 20,
+    threads: int = 1,
+    slope: float = 0.7,
+    strategy: str = "auto",
+    backend: str = "auto",
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the benchmark grid; one dict per (width, sparsity, batch).
+
+    Args:
+        data_dir: an MNIST-format directory (its test images are the inputs).
+        widths: hidden widths, each >= 1.  depth: hidden layers for every width, or None
+            for :func:`default_depth`.
+        batches: batch sizes, each >= 1.  sparsities: target sparsities of CReLU at the EoC.
+        repeats: timed repeats per row, >= 1 (the median is reported).
+        threads: torch threads and engine threads, >= 1.
+        slope: V'(q*) of the clipped activation, in (0, 1).
+        strategy, backend: of the engine.  seed: the networks' initialisation.
+        log: called with one line per row (None: silent).
+
+    Returns:
+        Rows with the keys of :data:`BENCH_KEYS` and ``measured_sparsity, threads, backend``.
+
+    Raises:
+        ValueError: bad sizes or options (named); an unreachable sparsity (from ``solve_eoc``).
+    """
+    import torch
+
+    from sparse_eoc.checks import check_int
+    from sparse_eoc.data import load_image_dataset
+    from sparse_eoc.gp import solve_eoc
+    from sparse_eoc.infer.engine import SparseEngine, zero_pixel_offset
+    from sparse_eoc.nn import SparseMLP, init_eoc_, input_weight_variance
+
+    widths = [check_int("width", w) for w in widths]
+    batches = [check_int("batch", b) for b in batches]
+    repeats = check_int("repeats", repeats)
+    threads = check_int("threads", threads)
+    depth = None if depth is None else check_int("depth", depth)
+    if not widths or not batches or not sparsities:
+        raise ValueError("widths, batches and sparsities must each name at least one value")
+    points = {s: solve_eoc("crelu", s, slope=slope) for s in sparsities}  # checks s and slope first
+    data = load_image_dataset("mnist", data_dir)
+    x_all = np.ascontiguousarray(data.x_test)  # (N, 784) float32
+    n_images = len(x_all)
+    offset = zero_pixel_offset(data.mean, data.std, data.image_shape)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        for width in widths:
+            layers = default_depth(width) if depth is None else depth
+            for s in sparsities:
+                p = points[s]
+                model = SparseMLP(data.input_dim, data.num_classes, layers, width, "crelu", p.tau, p.m).eval()
+                init_eoc_(model, p.sigma_w2, p.sigma_b2,
+                          input_sigma_w2=input_weight_variance(p.q_star, p.sigma_b2, data.mean_square_input),
+                          generator=torch.Generator().manual_seed(seed))
+                engine = SparseEngine.from_model(model, input_offset=offset, strategy=strategy, threads=threads,
+                                                 backend=backend)
+                for batch in batches:
+                    row = _time_one(model, engine, x_all, batch, repeats, n_images)
+                    row = {"width": width, "depth": layers, "batch": batch, "sparsity": s, **row,
+                           "ideal": 1.0 / (1.0 - s), "threads": threads, "backend": engine.backend}
+                    rows.append({k: row[k] for k in (*BENCH_KEYS, "measured_sparsity", "threads", "backend")})
+                    if log is not None:
+                        log(format_row(row))
+                del model, engine
+                gc.collect()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return rows
+
+
+def _time_one(model, engine, x_all: np.ndarray, batch: int, repeats: int, n_images: int) -> dict[str, Any]:
+    """Interleaved timings of one (network, batch): medians in ms and the sparse run's statistics."""
+    import torch
+
+    def inputs(r: int) -> np.ndarray:  # the r-th batch of test images, wrapping around
+        idx = (np.arange(batch) + r * batch) % n_images
+        return np.ascontiguousarray(x_all[idx])  # (B, 784)
+
+    runs = {
+        "dense_torch": lambda x, xt: model(xt),
+        "dense_own": lambda x, xt: engine(x, skip_zeros=False),
+        "sparse": lambda x, xt: engine(x),
+    }
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    done = dense = 0
+    union, zeros, strategies = [], [], []
+    with torch.inference_mode():
+        x0 = inputs(0)
+        for name in names:  # warm-up (numba compiles on first use)
+            runs[name](x0, torch.from_numpy(x0))
+        for r in range(repeats):
+            x = inputs(r + 1)
+            xt = torch.from_numpy(x)
+            order = names[r % 3:] + names[:r % 3]
+            for name in order:
+                start = time.perf_counter()
+                runs[name](x, xt)
+                times[name].append(time.perf_counter() - start)
+                if name == "sparse":
+                    stats = engine.last_stats
+            done += sum(stats.macs)
+            dense += sum(stats.dense_macs)
+            union.append(np.mean(stats.union_density[1:]))  # layers fed by hidden activations
+            zeros.append(1.0 - np.mean(stats.density[1:]))
+            strategies = stats.strategies
+    ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    return {
+        "dense_torch_ms": ms["dense_torch"],
+        "dense_own_ms": ms["dense_own"],
+        "sparse_ms": ms["sparse"],
+        "speedup_vs_torch": ms["dense_torch"] / ms["sparse"],
+        "speedup_vs_own": ms["dense_own"] / ms["sparse"],
+        "flop_reduction": dense / done if done else math.inf,
+        "strategy": _strategy_summary(strategies),
+        "union_density": float(np.mean(union)),
+        "measured_sparsity": float(np.mean(zeros)),
+    }
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One human-readable line of a benchmark row."""
+    return (f"width {row['width']:>5} depth {row['depth']:>3} batch {row['batch']:>3} s {row['sparsity']:.2f} "
+            f"(measured {row['measured_sparsity']:.3f}, union {row['union_density']:.3f}): "
+            f"torch {row['dense_torch_ms']:.3f} ms, own dense {row['dense_own_ms']:.3f} ms, "
+            f"sparse {row['sparse_ms']:.3f} ms; speedup {row['speedup_vs_torch']:.2f}x vs torch, "
+            f"{row['speedup_vs_own']:.2f}x vs own (ideal {row['ideal']:.2f}x, flops /{row['flop_reduction']:.2f}); "
+            f"{row['strategy']}")

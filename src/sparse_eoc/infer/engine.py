@@ -1,0 +1,469 @@
+"""The sparse inference engine: a trained sparse MLP evaluated exactly, skipping zero inputs.
+
+A hidden layer of a :class:`~sparse_eoc.nn.SparseMLP` computes h^l = phi(h^{l-1}) W^l^T + b^l
+(paper Section 5). At sparsity s only a fraction 1 - s of phi(h^{l-1}) is nonzero, and
+
+    h^l = sum_{j: phi(h^{l-1})_j != 0} phi(h^{l-1})_j W^l^T[j] + b^l
+
+needs only the rows W^l^T[j] of those inputs: (1 - s) of the weights and of the
+multiply-adds. The engine stores every W^l^T row-major, so each such row is one contiguous
+read, and picks per layer how to share rows across a batch (:mod:`sparse_eoc.infer.plan`).
+Nothing is approximated: the result equals the dense forward up to float32 round-off (the
+order of the additions; with an input offset, also the rounding of x - c and b + c W^T).
+
+The first layer sees the data, which is rarely sparse; but standardised images are mostly
+one background value c (a zero pixel), and x W^T + b = (x - c) W^T + (b + c W^T) turns that
+background into exact zeros (``input_offset``; :meth:`SparseEngine.from_run` sets it from the
+run's data statistics).
+
+Backends: ``numba`` (:mod:`sparse_eoc.infer.kernels`, the whole network in one compiled call)
+when numba is installed, else ``numpy`` (a per-layer NumPy/SciPy loop: the reference). Both
+run the same strategies and report the same statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from sparse_eoc.activations import get_activation
+from sparse_eoc.checks import check_int
+from sparse_eoc.infer.plan import (AUTO, CSR, DENSE, GATHER, STRATEGIES, UNION, CostModel, choose_strategy,
+                                   strategy_code)
+
+__all__ = ["SparseEngine", "EngineStats", "BACKENDS", "numba_available", "zero_pixel_offset"]
+
+#: What a ``backend=`` argument accepts.
+BACKENDS = ("auto", "numba", "numpy")
+ACT_ONE_SIDED, ACT_TWO_SIDED, ACT_IDENTITY = 0, 1, 2  # as in sparse_eoc.infer.kernels
+_warned_no_numba = False
+
+
+def _import_kernels():
+    """The numba kernels module, or None with the reason when numba cannot be imported."""
+    try:
+        from sparse_eoc.infer import kernels
+    except ImportError as err:
+        return None, f"numba is not available ({err}); pip install 'sparse-eoc[fast]' for the compiled kernels"
+    return kernels, ""
+
+
+def numba_available() -> bool:
+    """True when the numba kernels can be imported."""
+    return _import_kernels()[0] is not None
+
+
+def zero_pixel_offset(mean: Sequence[float], std: Sequence[float], image_shape: Sequence[int]) -> np.ndarray:
+    """The standardised value of a zero pixel, per input feature: the engine's ``input_offset``.
+
+    Computed exactly as the data loaders standardise (float32 (0 - mean[c]) / std[c]), so a
+    zero pixel of the data minus this offset is an exact 0.
+
+    Args:
+        mean, std: per-channel training statistics, C floats each (``config.json["data"]``).
+        image_shape: (C, H, W).
+
+    Returns:
+        float32 (C*H*W,), flattened in (C, H, W) order.
+
+    Raises:
+        ValueError: if the lengths do not match ``C`` or a std is not > 0.
+    """
+    channels = int(image_shape[0])
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std must have C={channels} entries, got {len(mean)} and {len(std)}")
+    if not all(float(s) > 0 for s in std):
+        raise ValueError(f"std must be > 0 in every channel, got std={list(std)!r}")
+    per_channel = (np.float32(0.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # (C,)
+    return np.repeat(per_channel, math.prod(int(s) for s in image_shape[1:]))  # (C*H*W,)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What one engine call did, per layer (hidden layers 1..L, then the readout).
+
+    Attributes:
+        batch: examples B in the call.
+        n_in, n_out: each layer's N_in and N_out.
+        strategies: the strategy each layer ran (``auto`` resolved).
+        nnz: nonzero inputs of each layer, summed over the batch (layer 1: of x - offset).
+        union: input units nonzero for at least one example of the batch.
+        macs: multiply-adds done.
+        skip_zeros: False for the dense-own baseline (zeros multiplied, not skipped).
+    """
+
+    batch: int
+    n_in: tuple[int, ...]
+    n_out: tuple[int, ...]
+    strategies: tuple[str, ...]
+    nnz: tuple[int, ...]
+    union: tuple[int, ...]
+    macs: tuple[int, ...]
+    skip_zeros: bool
+
+    @property
+    def dense_macs(self) -> tuple[int, ...]:
+        """Multiply-adds of the dense forward, B N_in N_out per layer."""
+        return tuple(self.batch * i * o for i, o in zip(self.n_in, self.n_out))
+
+    @property
+    def flop_reduction(self) -> float:
+        """Dense multiply-adds / multiply-adds done, whole network (>= 1 when zeros are skipped)."""
+        done = sum(self.macs)
+        return sum(self.dense_macs) / done if done else math.inf
+
+    @property
+    def density(self) -> tuple[float, ...]:
+        """Fraction of nonzero inputs of each layer, nnz / (B N_in)."""
+        return tuple(z / (self.batch * i) for z, i in zip(self.nnz, self.n_in))
+
+    @property
+    def union_density(self) -> tuple[float, ...]:
+        """Fraction of input units nonzero for at least one example, |U| / N_in."""
+        return tuple(u / i for u, i in zip(self.union, self.n_in))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields, with the derived ones."""
+        return {"batch": self.batch, "strategies": list(self.strategies), "nnz": list(self.nnz),
+                "union": list(self.union), "macs": list(self.macs), "dense_macs": list(self.dense_macs),
+                "density": list(self.density), "union_density": list(self.union_density),
+                "flop_reduction": self.flop_reduction, "skip_zeros": self.skip_zeros}
+
+
+class SparseEngine:
+    """Exact inference of a sparse MLP that reads only the weights meeting nonzero inputs.
+
+    Build it with :meth:`from_model` or :meth:`from_run`; call it on a batch.
+
+    Args:
+        weights: the L + 1 weight matrices W^1..W^L, W_readout, each (N_out, N_in) as in
+            ``nn.Linear`` (any float dtype); consecutive shapes must chain.
+        biases: the L + 1 biases (N_out,), the paper's b^l (not b^l - tau).
+        activation: registry name (``relu_tau``, ``st_tau``, ``crelu``, ``cst``, ``relu``) of
+            phi, applied after every hidden layer; the readout has none.
+        tau, m: phi's threshold and clip (``m = inf``: unclipped).
+        input_offset: None, a float, or (N_0,) floats c: the first layer computes
+            (x - c) W^T + (b + c W^T), exact zeros wherever x equals c (see the module docstring).
+        strategy: ``auto`` (per layer and call, from the measured sparsity, see
+            :mod:`sparse_eoc.infer.plan`), ``dense``, ``gather``, ``union`` or ``csr``; or a
+            sequence of L + 1 of these, one per layer.
+        threads: CPU threads of the numba kernels, >= 1 (1: the serial kernel; more: column
+            tiles across threads). BLAS products (``dense``, ``union``) use the BLAS library's
+            own threads; the NumPy backend uses only those.
+        backend: ``auto`` (numba when installed), ``numba`` or ``numpy``.
+        cost: the :class:`~sparse_eoc.infer.plan.CostModel` of ``auto``; None = defaults.
+        tile_bytes: numba ``csr`` only: the cache share, in bytes (>= 1024), of its (B, T)
+            output tile and of each block of weight rows it keeps for the batch (default
+            256 KiB, a quarter of a 1 MiB L2).
+
+    Attributes:
+        backend: the backend in use, ``numba`` or ``numpy``.
+        backend_note: why ``numpy`` was used under ``backend="auto"`` ("" otherwise).
+        last_stats: the :class:`EngineStats` of the last call (None before the first);
+            ``last_strategies``: its per-layer strategies.
+
+    Raises:
+        ValueError: shapes that do not chain, an unknown activation, strategy or backend,
+            a strategy list of the wrong length, ``threads < 1``, ``backend="numba"``
+            without numba, or an ``input_offset`` of the wrong shape.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[Any],
+        biases: Sequence[Any],
+        activation: str,
+        tau: float = 0.0,
+        m: float = math.inf,
+        *,
+        input_offset: float | Sequence[float] | np.ndarray | None = None,
+        strategy: str | Sequence[str] = "auto",
+        threads: int = 1,
+        backend: str = "auto",
+        cost: CostModel | None = None,
+        tile_bytes: int = 1 << 18,
+    ) -> None:
+        act = get_activation(activation)
+        tau, m = act.check_params(tau, m)
+        if len(weights) != len(biases) or len(weights) < 2:
+            raise ValueError(f"weights and biases must be L + 1 >= 2 matching lists, got {len(weights)} weights "
+                             f"and {len(biases)} biases")
+        ws = [np.asarray(w) for w in weights]  # any float dtype; cast once, to float32, below
+        bs = [np.asarray(b, dtype=np.float64) for b in biases]
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            if w.ndim != 2 or b.shape != (w.shape[0],):
+                raise ValueError(f"layer {i}: weight must be (N_out, N_in) and bias (N_out,), got weight "
+                                 f"{w.shape} and bias {b.shape}")
+            if i and w.shape[1] != ws[i - 1].shape[0]:
+                raise ValueError(f"layer {i}: weight {w.shape} does not take the previous layer's "
+                                 f"{ws[i - 1].shape[0]} outputs")
+        self.in_features = ws[0].shape[1]
+        self.num_classes = ws[-1].shape[0]
+        self.activation, self.tau, self.m = act.name, tau, m
+        self.input_offset = self._check_offset(input_offset)
+        # The first layer absorbs the offset: b + W c, in float64, rounded once.
+        if self.input_offset is not None:
+            bs[0] = bs[0] + ws[0].astype(np.float64) @ self.input_offset.astype(np.float64)
+        hidden_kind = ACT_TWO_SIDED if act.two_sided else ACT_ONE_SIDED
+        n_layers = len(ws)
+        self._wts = [np.ascontiguousarray(w.T, dtype=np.float32) for w in ws]  # (N_in, N_out) each
+        self._biases = []
+        for i, b in enumerate(bs):
+            b32 = b.astype(np.float32)
+            if i < n_layers - 1 and hidden_kind == ACT_ONE_SIDED:
+                b32 = b32 - np.float32(tau)  # b - tau: the threshold folded in, as SparseMLP does
+            self._biases.append(b32)
+        self._kinds = np.array([hidden_kind] * (n_layers - 1) + [ACT_IDENTITY], dtype=np.int64)
+        act_tau = tau if hidden_kind == ACT_TWO_SIDED else 0.0
+        self._taus = np.array([act_tau] * (n_layers - 1) + [0.0], dtype=np.float32)
+        self._ms = np.array([m] * (n_layers - 1) + [math.inf], dtype=np.float32)
+        self.strategy = strategy
+        self._codes = self._check_strategy(strategy, n_layers)
+        self.threads = check_int("threads", threads)
+        self.tile_bytes = check_int("tile_bytes", tile_bytes, minimum=1024)
+        self.cost = CostModel() if cost is None else cost
+        if not isinstance(self.cost, CostModel):
+            raise ValueError(f"cost must be a CostModel or None, got cost={cost!r}")
+        self._costs = self.cost.as_array()
+        self.backend, self.backend_note, self._kernels = self._pick_backend(backend)
+        self._offset32 = (np.zeros(self.in_features, np.float32) if self.input_offset is None
+                          else self.input_offset)
+        self._typed = None  # numba typed lists, built on first use
+        self._shapes = (tuple(w.shape[0] for w in self._wts), tuple(w.shape[1] for w in self._wts))
+        self._last: tuple[np.ndarray, int, bool] | EngineStats | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_model(cls, model, **options) -> "SparseEngine":
+        """An engine with the weights of a :class:`~sparse_eoc.nn.SparseMLP` (copied, float32).
+
+        Args:
+            model: a ``SparseMLP`` (any device; its weights are copied to the CPU).
+            **options: ``input_offset``, ``strategy``, ``threads``, ``backend``, ``cost``,
+                ``tile_bytes`` as in :class:`SparseEngine`.
+
+        Raises:
+            ValueError: if ``model`` is not a ``SparseMLP`` (e.g. a ``SparseCNN``: see
+                :func:`sparse_eoc.infer.cnn_flop_report`).
+        """
+        import torch
+
+        from sparse_eoc.nn import SparseMLP
+
+        if not isinstance(model, SparseMLP):
+            raise ValueError(f"model must be a SparseMLP, got {type(model).__name__} (for a SparseCNN, "
+                             "sparse_eoc.infer.cnn_flop_report reports the multiply-adds its zeros save)")
+        layers = [*model.hidden, model.readout]
+        with torch.no_grad():
+            weights = [layer.weight.detach().cpu().numpy() for layer in layers]  # (N_out, N_in), no copy
+            biases = [layer.bias.detach().cpu().double().numpy() for layer in layers]
+        act = model.act
+        return cls(weights, biases, act.name, act.tau, act.m, **options)
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, *, input_offset: Any = "data", **options) -> "SparseEngine":
+        """An engine for the trained MLP of a ``sparse-eoc train`` run directory.
+
+        Args:
+            run_dir: the run directory (``config.json`` and ``model.safetensors``).
+            input_offset: ``"data"`` (default): the standardised zero pixel of the run's data
+                (:func:`zero_pixel_offset` of ``config.json["data"]``); or as in
+                :class:`SparseEngine`.
+            **options: ``strategy``, ``threads``, ``backend``, ``cost``, ``tile_bytes``.
+
+        Raises:
+            FileNotFoundError: if the run's files are missing.
+            ValueError: if the run is not an MLP run.
+        """
+        from sparse_eoc.train import load_run
+
+        model, config = load_run(run_dir)
+        if isinstance(input_offset, str):
+            if input_offset != "data":
+                raise ValueError(f"input_offset must be 'data', None, a float or an array, got {input_offset!r}")
+            data = config["data"]
+            input_offset = zero_pixel_offset(data["mean"], data["std"], data["image_shape"])
+        return cls.from_model(model, input_offset=input_offset, **options)
+
+    def _check_offset(self, offset) -> np.ndarray | None:
+        if offset is None:
+            return None
+        c = np.asarray(offset, dtype=np.float32)
+        if c.ndim == 0:
+            c = np.full(self.in_features, c, dtype=np.float32)
+        if c.shape != (self.in_features,) or not np.all(np.isfinite(c)):
+            raise ValueError(f"input_offset must be a finite float or ({self.in_features},) floats, "
+                             f"got shape {c.shape}")
+        return np.ascontiguousarray(c)
+
+    @staticmethod
+    def _check_strategy(strategy, n_layers: int) -> np.ndarray:
+        names = [strategy] * n_layers if isinstance(strategy, str) else list(strategy)
+        if len(names) != n_layers:
+            raise ValueError(f"strategy must be one name or {n_layers} (one per layer incl. the readout), "
+                             f"got {len(names)}")
+        return np.array([strategy_code(n) for n in names], dtype=np.int64)
+
+    @staticmethod
+    def _pick_backend(backend: str):
+        global _warned_no_numba
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got backend={backend!r}")
+        if backend == "numpy":
+            return "numpy", "", None
+        kernels, reason = _import_kernels()
+        if kernels is not None:
+            return "numba", "", kernels
+        if backend == "numba":
+            raise ValueError(f"backend='numba': {reason}")
+        if not _warned_no_numba:
+            warnings.warn(f"SparseEngine uses the NumPy path: {reason}", RuntimeWarning, stacklevel=3)
+            _warned_no_numba = True
+        return "numpy", reason, None
+
+    # ------------------------------------------------------------------ inference
+
+    @property
+    def depth(self) -> int:
+        """Hidden layers L."""
+        return len(self._wts) - 1
+
+    @property
+    def last_stats(self) -> EngineStats | None:
+        """The :class:`EngineStats` of the last call (None before the first); built on first
+        access, so that a call costs no Python work per layer."""
+        if isinstance(self._last, tuple):
+            stats, batch, skip = self._last
+            self._last = EngineStats(
+                batch=batch, n_in=self._shapes[0], n_out=self._shapes[1],
+                strategies=tuple(STRATEGIES[s] for s in stats[:, 0].tolist()), nnz=tuple(stats[:, 1].tolist()),
+                union=tuple(stats[:, 2].tolist()), macs=tuple(stats[:, 3].tolist()), skip_zeros=skip)
+        return self._last
+
+    @property
+    def last_strategies(self) -> tuple[str, ...] | None:
+        """The strategy each layer ran in the last call (hidden layers, then the readout)."""
+        return None if self.last_stats is None else self.last_stats.strategies
+
+    def __call__(self, x, *, skip_zeros: bool = True):
+        """Logits of a batch.
+
+        Args:
+            x: inputs, NumPy array or torch tensor, shape (B, N_0) or (B, *) with
+                prod(*) = N_0 (e.g. (B, 1, 28, 28)); converted to float32.
+            skip_zeros: False runs the dense-own baseline: the same strategies (``auto``
+                decides on the measured sparsity as usual) with every input treated as
+                nonzero, i.e. the same kernels without skipping.
+
+        Returns:
+            Logits (B, num_classes), float32: a NumPy array, or a CPU torch tensor when
+            ``x`` is a tensor. ``last_stats`` describes the call.
+
+        Raises:
+            ValueError: if ``x`` does not have B >= 1 rows of N_0 features.
+        """
+        is_torch = type(x).__module__.split(".")[0] == "torch"
+        arr = x.detach().cpu().numpy() if is_torch else np.asarray(x)
+        if arr.ndim > 2:
+            arr = arr.reshape(arr.shape[0], -1)  # (B, *) -> (B, N_0)
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != self.in_features:
+            raise ValueError(f"x must have shape (B, {self.in_features}) with B >= 1, got {tuple(np.shape(x))}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if self.backend == "numba":
+            logits, stats = self._forward_numba(arr, bool(skip_zeros))
+        else:
+            logits, stats = self._forward_numpy(arr, bool(skip_zeros))
+        self._last = (stats, arr.shape[0], bool(skip_zeros))
+        if is_torch:
+            import torch
+
+            return torch.from_numpy(logits)
+        return logits
+
+    def _forward_numba(self, x: np.ndarray, skip: bool) -> tuple[np.ndarray, np.ndarray]:
+        k = self._kernels
+        if self._typed is None:
+            from numba import float32, typed
+
+            wts = typed.List.empty_list(float32[:, ::1])
+            biases = typed.List.empty_list(float32[::1])
+            for wt, b in zip(self._wts, self._biases):
+                wts.append(wt)
+                biases.append(b)
+            self._typed = (wts, biases)
+        wts, biases = self._typed
+        stats = np.zeros((len(self._wts), 4), dtype=np.int64)
+        args = (x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
+        if self.threads == 1:
+            logits = k.forward_serial(*args, 1, self.tile_bytes, stats)
+        else:
+            import numba
+
+            previous = numba.get_num_threads()
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+            try:
+                logits = k.forward_parallel(*args, self.threads, self.tile_bytes, stats)
+            finally:
+                numba.set_num_threads(previous)
+        return logits, stats
+
+    def _forward_numpy(self, x: np.ndarray, skip: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The reference path: one NumPy/SciPy product per layer, same strategies and statistics."""
+        a = x - self._offset32  # (B, N_0)
+        batch = a.shape[0]
+        stats = np.zeros((len(self._wts), 4), dtype=np.int64)
+        for layer, (wt, bias) in enumerate(zip(self._wts, self._biases)):
+            n_in, n_out = wt.shape
+            nonzero = a != 0  # (B, N_in)
+            nnz, in_union = int(nonzero.sum()), nonzero.any(axis=0)  # (N_in,)
+            n_union = int(in_union.sum())
+            s = int(self._codes[layer])
+            if s == AUTO:
+                s = choose_strategy(batch, n_in, n_out, nnz, n_union, self._costs)
+            if not skip:
+                nonzero[:] = True
+                in_union[:] = True
+            if s == DENSE:
+                y = a @ wt  # (B, N_out)
+                macs = batch * n_in * n_out
+            elif s == GATHER:
+                y = np.empty((batch, n_out), np.float32)
+                for b in range(batch):
+                    rows = np.flatnonzero(nonzero[b])  # example b's nonzero inputs
+                    y[b] = a[b, rows] @ wt[rows]  # (n_b,) @ (n_b, N_out)
+                macs = int(nonzero.sum()) * n_out
+            elif s == UNION:
+                rows = np.flatnonzero(in_union)  # U
+                y = a[:, rows] @ wt[rows]  # (B, |U|) @ (|U|, N_out)
+                macs = batch * len(rows) * n_out
+            else:
+                assert s == CSR
+                r, c = np.nonzero(nonzero)  # row-major order: CSR
+                indptr = np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))])  # (B + 1,)
+                y = np.asarray(scipy.sparse.csr_array((a[r, c], c, indptr), shape=a.shape) @ wt,
+                               dtype=np.float32)  # (B, N_out)
+                macs = len(c) * n_out
+            y = y + bias
+            _activation_(y, int(self._kinds[layer]), self._taus[layer], self._ms[layer])
+            stats[layer] = (s, nnz, n_union, macs)
+            a = y
+        return a, stats
+
+
+def _activation_(y: np.ndarray, kind: int, tau: np.float32, m: np.float32) -> None:
+    """phi in place on float32 ``y`` with the bias added (NumPy twin of the numba kernels' ``_act``)."""
+    if kind == ACT_ONE_SIDED:  # the threshold is in the bias: min(max(y, 0), m)
+        np.maximum(y, 0, out=y)
+        np.minimum(y, m, out=y)
+    elif kind == ACT_TWO_SIDED:  # sign(y) min(max(|y| - tau, 0), m)
+        mag = np.minimum(np.maximum(np.abs(y) - tau, 0), m)
+        np.copysign(mag, y, out=y)
+        y[mag == 0] = 0.0  # no -0.0

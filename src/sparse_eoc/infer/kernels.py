@@ -1,0 +1,319 @@
+"""Numba kernels of the sparse engine: the whole network in one compiled call.
+
+Imported only when numba is installed (``pip install 'sparse-eoc[fast]'``); the engine
+falls back to its NumPy path otherwise. One call of :func:`forward_serial` (or
+:func:`forward_parallel`) runs every layer
+(no Python between layers), for each layer: count the nonzero inputs and the union,
+pick a strategy (:mod:`sparse_eoc.infer.plan`), multiply, add the bias and apply the
+activation in the same pass over the output tile.
+
+Layouts: activations ``a`` are (B, N_in) float32 row-major; weights ``wt`` = W^T are
+(N_in, N_out) float32 row-major, so ``wt[j]`` is the contiguous row of the weights
+leaving input unit j. A batch's nonzeros are held as CSR: ``indptr`` (B + 1,), ``idx``
+and ``vals`` (nnz,), example b's nonzeros at ``indptr[b]:indptr[b + 1]``, sorted by unit.
+
+Two compilations of one layer function: serial (used by :func:`forward_serial`, cached on
+disk) and ``parallel=True`` (used by :func:`forward_parallel`: output column tiles across
+threads; compiled on first use). Multiply-adds are fused (``fastmath={"contract"}``) but never
+reordered across rows beyond the fixed groups of four below, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from sparse_eoc.infer.plan import AUTO, CSR, DENSE, GATHER, UNION, _cost
+
+__all__ = ["forward_serial", "forward_parallel", "ACT_ONE_SIDED", "ACT_TWO_SIDED", "ACT_IDENTITY"]
+
+#: Activation kinds: min(max(v, 0), m) after the threshold is folded into the bias
+#: (relu_tau, crelu); sign(v) min(max(|v| - tau, 0), m) (st_tau, cst); none (readout).
+ACT_ONE_SIDED, ACT_TWO_SIDED, ACT_IDENTITY = 0, 1, 2
+
+_FASTMATH = {"contract"}
+_U = np.uint64
+_cost_nb = njit(cache=True)(_cost)
+
+
+@njit(cache=True)
+def _choose(batch, n_in, n_out, nnz, n_union, costs):
+    """:func:`sparse_eoc.infer.plan.choose_strategy`, compiled (same order of ties)."""
+    b, i, o, z, u = float(batch), float(n_in), float(n_out), float(nnz), float(n_union)
+    best = GATHER
+    best_cost = _cost_nb(GATHER, b, i, o, z, u, costs)
+    for code in (CSR, UNION, DENSE):
+        cost = _cost_nb(code, b, i, o, z, u, costs)
+        if cost < best_cost:
+            best, best_cost = code, cost
+    return best
+
+
+@njit(cache=True)
+def _act(v, kind, tau, m):
+    """phi of one float32 pre-activation (bias already added; NaN passes through)."""
+    if kind == ACT_ONE_SIDED:
+        if v > 0:
+            return v if v < m else m
+        return v if v != v else np.float32(0.0)
+    if kind == ACT_TWO_SIDED:
+        if v > tau:
+            s = v - tau
+            return s if s < m else m
+        if v < -tau:
+            s = v + tau
+            return s if s > -m else -m
+        return v if v != v else np.float32(0.0)
+    return v
+
+
+# The inner loops index flat (ravelled) arrays with unsigned offsets: numba then drops its
+# negative-index wraparound, and LLVM vectorises the loops after they are inlined into the
+# row loop (no array views, hence no reference counting, per group of rows).
+
+
+@njit(fastmath=_FASTMATH, inline="always")
+def _group4(yf, wf, yoff, o0, o1, o2, o3, v0, v1, v2, v3, n):
+    """yf[yoff:yoff+n] += (v0 wf[o0:o0+n] + v1 wf[o1:o1+n]) + (v2 wf[o2:o2+n] + v3 wf[o3:o3+n])."""
+    for c in range(n):
+        yf[_U(yoff + c)] += ((v0 * wf[_U(o0 + c)] + v1 * wf[_U(o1 + c)])
+                             + (v2 * wf[_U(o2 + c)] + v3 * wf[_U(o3 + c)]))
+
+
+@njit(fastmath=_FASTMATH, inline="always")
+def _group1(yf, wf, yoff, o0, v0, n):
+    """yf[yoff:yoff+n] += v0 wf[o0:o0+n]."""
+    for c in range(n):
+        yf[_U(yoff + c)] += v0 * wf[_U(o0 + c)]
+
+
+@njit(cache=True)
+def _axpy_rows(yf, yoff, wf, n_out, idx, vals, p, q, c0, c1):
+    """y[c0:c1] += sum_{k in p..q-1} vals[k] W^T[idx[k], c0:c1], rows in groups of four.
+
+    ``yf`` is the flat output with y[c] at ``yf[yoff + c]``; ``wf`` the flat W^T (N_in * N_out,).
+    """
+    n = c1 - c0
+    yo = yoff + c0
+    k = p
+    while k + 4 <= q:
+        _group4(yf, wf, yo, idx[k] * n_out + c0, idx[k + 1] * n_out + c0, idx[k + 2] * n_out + c0,
+                idx[k + 3] * n_out + c0, vals[k], vals[k + 1], vals[k + 2], vals[k + 3], n)
+        k += 4
+    while k < q:
+        _group1(yf, wf, yo, idx[k] * n_out + c0, vals[k], n)
+        k += 1
+
+
+@njit(cache=True)
+def _bias_act_tile(y, bias, c0, c1, kind, tau, m):
+    """y[:, c0:c1] = phi(y[:, c0:c1] + bias[c0:c1]) in place."""
+    for b in range(y.shape[0]):
+        for c in range(c0, c1):
+            y[b, c] = _act(y[b, c] + bias[c], kind, tau, m)
+
+
+@njit(cache=True)
+def _gather_tile(y, bias, wt, indptr, idx, vals, c0, c1, kind, tau, m):
+    """Output columns c0:c1 of every example from its own nonzero rows (strategy gather)."""
+    n_out = wt.shape[1]
+    yf, wf = y.reshape(y.size), wt.reshape(wt.size)  # flat views
+    for b in range(y.shape[0]):
+        for c in range(c0, c1):
+            y[b, c] = bias[c]
+        _axpy_rows(yf, b * n_out, wf, n_out, idx, vals, indptr[b], indptr[b + 1], c0, c1)
+        for c in range(c0, c1):
+            y[b, c] = _act(y[b, c], kind, tau, m)
+
+
+@njit(cache=True)
+def _csr_tile(y, bias, wt, indptr, idx, vals, c0, c1, row_block, kind, tau, m):
+    """Output columns c0:c1 of the batch, input rows in blocks of ``row_block`` (strategy csr).
+
+    For each block of rows, every example adds the rows of the block it needs; the
+    block's (row_block, c1 - c0) weights stay in cache while the examples take turns,
+    and the (B, c1 - c0) output tile stays in cache throughout.
+    """
+    batch, n_in, n_out = y.shape[0], wt.shape[0], wt.shape[1]
+    yf, wf = y.reshape(y.size), wt.reshape(wt.size)  # flat views
+    ptr = indptr[:batch].copy()  # (B,): each example's next nonzero
+    for b in range(batch):
+        for c in range(c0, c1):
+            y[b, c] = bias[c]
+    for r1 in range(row_block, n_in + row_block, row_block):
+        for b in range(batch):
+            p = ptr[b]
+            q, end = p, indptr[b + 1]
+            while q < end and idx[q] < r1:
+                q += 1
+            if q > p:
+                _axpy_rows(yf, b * n_out, wf, n_out, idx, vals, p, q, c0, c1)
+            ptr[b] = q
+    for b in range(batch):
+        for c in range(c0, c1):
+            y[b, c] = _act(y[b, c], kind, tau, m)
+
+
+@njit(cache=True)
+def _split(n, parts, t):
+    """Columns [c0, c1) of part t of ``parts`` near-equal parts of n, boundaries at multiples of 16."""
+    chunk = ((n + parts - 1) // parts + 15) // 16 * 16
+    c0 = min(t * chunk, n)
+    return c0, min(c0 + chunk, n)
+
+
+@njit(cache=True)
+def _csr_tiling(batch, n_in, n_out, ntiles, tile_bytes):
+    """(columns per tile T, rows per block R) of the csr kernel for a layer.
+
+    The (B, T) output tile and an (R, T) block of weights each get about ``tile_bytes``
+    (a share of L2): T = tile_bytes / (4 B), at least 256 and at most N_out, then cut
+    to give ``ntiles`` tiles (one per thread); R = tile_bytes / (4 T), at least 16, from
+    T before the cut, so the row blocks (which set the order of the additions) do not
+    depend on the thread count.
+    """
+    t = min(n_out, max(256, tile_bytes // (4 * batch)) // 16 * 16)
+    r = max(16, min(n_in, tile_bytes // (4 * t)))
+    t = max(16, min(t, ((n_out + ntiles - 1) // ntiles + 15) // 16 * 16))
+    return t, r
+
+
+@njit(cache=True)
+def _to_csr(a, counts, skip):
+    """(indptr, idx, vals) of ``a`` (B, N_in): its nonzeros, or every entry when not ``skip``."""
+    batch, n_in = a.shape
+    indptr = np.zeros(batch + 1, np.int64)
+    for b in range(batch):
+        indptr[b + 1] = indptr[b] + (counts[b] if skip else n_in)
+    idx = np.empty(indptr[batch], np.int64)
+    vals = np.empty(indptr[batch], np.float32)
+    for b in range(batch):
+        k = indptr[b]
+        for j in range(n_in):
+            v = a[b, j]
+            if v != 0 or not skip:
+                idx[k] = j
+                vals[k] = v
+                k += 1
+    return indptr, idx, vals
+
+
+def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes, stats_row):
+    """phi(a W^T + bias) of one layer: a (B, N_in) -> (B, N_out), float32.
+
+    Args:
+        a: the layer's input (B, N_in).  wt: W^T (N_in, N_out).  bias: effective bias (N_out,).
+        kind, tau, m: the activation (ACT_*) and its float32 tau and m.
+        strategy: a strategy code, or AUTO (chosen here from the measured nnz and union).
+        skip: skip zero inputs (False: the same kernels with every input treated as nonzero).
+        costs: the cost model (7,) float64.  ntiles: column tiles of dense/gather (= threads).
+        tile_bytes: cache share of each csr tile (see :func:`_csr_tiling`).
+        stats_row: (4,) int64, filled with (strategy, nnz, |union|, multiply-adds done).
+    """
+    batch, n_in = a.shape
+    n_out = wt.shape[1]
+    counts = np.zeros(batch, np.int64)
+    mark = np.zeros(n_in, np.bool_)
+    for b in range(batch):
+        n = 0
+        for j in range(n_in):
+            if a[b, j] != 0:
+                n += 1
+                mark[j] = True
+        counts[b] = n
+    nnz = counts.sum()
+    n_union = 0
+    for j in range(n_in):
+        n_union += mark[j]
+    s = strategy
+    if s == AUTO:
+        s = _choose(batch, n_in, n_out, nnz, n_union, costs)
+    if s == DENSE:
+        y = np.dot(a, wt)  # (B, N_out), BLAS
+        for t in prange(ntiles):
+            c0, c1 = _split(n_out, ntiles, t)
+            _bias_act_tile(y, bias, c0, c1, kind, tau, m)
+        macs = batch * n_in * n_out
+    elif s == UNION:
+        n_rows = n_union if skip else n_in
+        rows = np.empty(n_rows, np.int64)  # the union U, ascending
+        k = 0
+        for j in range(n_in):
+            if mark[j] or not skip:
+                rows[k] = j
+                k += 1
+        a_u = np.empty((batch, n_rows), np.float32)  # (B, |U|) = a[:, U]
+        w_u = np.empty((n_rows, n_out), np.float32)  # (|U|, N_out) = W^T[U]
+        for k in range(n_rows):
+            w_u[k] = wt[rows[k]]
+            for b in range(batch):
+                a_u[b, k] = a[b, rows[k]]
+        y = np.dot(a_u, w_u) if n_rows else np.zeros((batch, n_out), np.float32)  # (B, N_out), BLAS
+        for t in prange(ntiles):
+            c0, c1 = _split(n_out, ntiles, t)
+            _bias_act_tile(y, bias, c0, c1, kind, tau, m)
+        macs = batch * n_rows * n_out
+    else:
+        indptr, idx, vals = _to_csr(a, counts, skip)
+        y = np.empty((batch, n_out), np.float32)
+        if s == GATHER:
+            for t in prange(ntiles):
+                c0, c1 = _split(n_out, ntiles, t)
+                _gather_tile(y, bias, wt, indptr, idx, vals, c0, c1, kind, tau, m)
+        else:
+            col_tile, row_block = _csr_tiling(batch, n_in, n_out, ntiles, tile_bytes)
+            for t in prange((n_out + col_tile - 1) // col_tile):
+                c0 = t * col_tile
+                _csr_tile(y, bias, wt, indptr, idx, vals, c0, min(c0 + col_tile, n_out), row_block,
+                          kind, tau, m)
+        macs = indptr[batch] * n_out
+    stats_row[0] = s
+    stats_row[1] = nnz
+    stats_row[2] = n_union
+    stats_row[3] = macs
+    return y
+
+
+_layer_serial = njit(cache=True)(_layer)
+_layer_parallel = njit(parallel=True)(_layer)
+
+
+@njit(cache=True)
+def _shift(x, offset):
+    """x - offset: (B, N_0) - (N_0,) -> a fresh (B, N_0)."""
+    a = np.empty_like(x)
+    for b in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            a[b, j] = x[b, j] - offset[j]
+    return a
+
+
+# Logits (B, N_out of the last layer) of inputs x (B, N_0), float32, in one call:
+#   x: inputs (B, N_0); the first layer sees x - offset (offset (N_0,)).
+#   wts, biases: typed lists of W^T (N_in, N_out) and effective biases (N_out,), one per layer.
+#   kinds, taus, ms, strategies: per-layer arrays of the _layer arguments of those names.
+#   stats: (L + 1, 4) int64, row l filled by layer l (see _layer).
+# Two drivers, identical but for the layer function: numba's parallel array analysis
+# mishandles a loop-carried array of changing shape, so prange lives in _layer only.
+
+
+@njit(cache=True)
+def forward_serial(x, offset, wts, biases, kinds, taus, ms, strategies, skip, costs, ntiles, tile_bytes,
+                   stats):
+    """The whole network on one thread (cached on disk)."""
+    a = _shift(x, offset)
+    for layer in range(len(wts)):
+        a = _layer_serial(a, wts[layer], biases[layer], kinds[layer], taus[layer], ms[layer], strategies[layer],
+                          skip, costs, ntiles, tile_bytes, stats[layer])
+    return a
+
+
+@njit(cache=False)
+def forward_parallel(x, offset, wts, biases, kinds, taus, ms, strategies, skip, costs, ntiles, tile_bytes,
+                     stats):
+    """The whole network, column tiles across ``numba.get_num_threads()`` threads (compiled on first use)."""
+    a = _shift(x, offset)
+    for layer in range(len(wts)):
+        a = _layer_parallel(a, wts[layer], biases[layer], kinds[layer], taus[layer], ms[layer],
+                            strategies[layer], skip, costs, ntiles, tile_bytes, stats[layer])
+    return a

@@ -1,0 +1,141 @@
+"""How the sparse engine multiplies one layer: the strategies and the cost model that picks one.
+
+Every layer computes y = a W^T + b for a batch of inputs a, shape (B, N_in), whose rows
+are mostly exact zeros (the previous layer's sparse activations). The weights are stored
+as W^T, shape (N_in, N_out), row-major, so the weights that meet input unit j are the
+contiguous row W^T[j]. Write nnz for the number of nonzero entries of a (over the whole
+batch) and U for the *union*: the input units nonzero for at least one example.
+
+Strategies (all exact; they differ only in the order of float32 additions):
+
+- ``dense``  -- y = a W^T with BLAS: every weight, no skipping (B N_in N_out multiply-adds).
+- ``gather`` -- per example, the rows of W^T of its own nonzero inputs:
+  y[b] = sum_{j: a[b, j] != 0} a[b, j] W^T[j]; nnz N_out multiply-adds. Best for batch 1 and
+  small batches; a row needed by several examples is read once per example.
+- ``union``  -- the union's rows W^T[U] gathered into a dense block, then one BLAS product
+  a[:, U] W^T[U]; B |U| N_out multiply-adds. Best when the examples share their nonzeros.
+- ``csr``    -- the sparse-dense product CSR(a) W^T, blocked for cache reuse across the batch:
+  output columns in tiles, input rows in blocks; each example adds only the rows it needs,
+  while a block's rows stay in cache for the other examples; nnz N_out multiply-adds and each
+  union row read from memory once. Best for larger batches.
+
+``auto`` picks per layer and per call, from the measured nnz and |U|, the strategy with
+the lowest predicted time under :class:`CostModel`. NumPy only: no torch, no numba (the
+numba kernels compile :func:`choose_strategy` as it is).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import astuple, dataclass, fields
+
+import numpy as np
+
+__all__ = ["STRATEGIES", "STRATEGY_CHOICES", "AUTO", "DENSE", "GATHER", "UNION", "CSR", "CostModel",
+           "choose_strategy", "strategy_code"]
+
+#: The strategy names, indexed by their integer code.
+STRATEGIES = ("dense", "gather", "union", "csr")
+DENSE, GATHER, UNION, CSR = range(len(STRATEGIES))
+AUTO = -1
+#: What a ``strategy=`` argument accepts.
+STRATEGY_CHOICES = ("auto", *STRATEGIES)
+
+
+def strategy_code(name: str) -> int:
+    """The integer code of a strategy name (``auto`` -> -1).
+
+    Raises:
+        ValueError: for a name not in :data:`STRATEGY_CHOICES` (the message lists them).
+    """
+    if name == "auto":
+        return AUTO
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGY_CHOICES)}, got strategy={name!r}")
+    return STRATEGIES.index(name)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Predicted time of each strategy, as a sum of per-element costs (nanoseconds).
+
+    The defaults are rough figures for one AVX2 core with ~10 GB/s of memory bandwidth;
+    only their ratios matter. Per layer, with w = N_out::
+
+        dense  = blas_mac B N_in w + mem N_in w
+        gather = gather_mac nnz w + mem |U| w + reread (nnz - |U|) w
+        union  = (copy + mem + blas_mac B) |U| w
+        csr    = csr_mac nnz w + mem |U| w
+
+    where ``reread = cached`` when the layer's W^T fits in ``cache_bytes`` (a row read
+    again for another example is still in cache) and ``mem`` otherwise.
+
+    Attributes:
+        mem: reading one float32 weight from main memory, > 0.
+        cached: reading it again from cache, > 0.
+        blas_mac: one multiply-add inside a BLAS matrix product, > 0.
+        gather_mac: one multiply-add of the per-example row gather, > 0.
+        csr_mac: one multiply-add of the blocked sparse-dense kernel, > 0.
+        copy: copying one weight into the union's dense block, > 0.
+        cache_bytes: cache that holds a re-read row (per-core L2), > 0.
+    """
+
+    mem: float = 0.4
+    cached: float = 0.05
+    blas_mac: float = 0.025
+    gather_mac: float = 0.04
+    csr_mac: float = 0.05
+    copy: float = 0.5
+    cache_bytes: float = float(1 << 20)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{f.name} must be a finite number > 0, got {f.name}={value!r}")
+
+    def as_array(self) -> np.ndarray:
+        """The constants as float64 (7,), in field order (what the numba kernels take)."""
+        return np.array(astuple(self), dtype=np.float64)
+
+    def predict(self, batch: int, n_in: int, n_out: int, nnz: int, n_union: int) -> dict[str, float]:
+        """Predicted nanoseconds of every strategy for one layer (see the class docstring)."""
+        c = self.as_array()
+        return {name: _cost(code, float(batch), float(n_in), float(n_out), float(nnz), float(n_union), c)
+                for code, name in enumerate(STRATEGIES)}
+
+
+def _cost(code, batch, n_in, n_out, nnz, n_union, c):
+    """Predicted time of strategy ``code`` (floats in, float out; numba compiles it unchanged)."""
+    mem, cached, blas, gather, csr, copy, cache_bytes = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+    if code == DENSE:
+        return (blas * batch + mem) * n_in * n_out
+    if code == GATHER:
+        reread = cached if 4.0 * n_in * n_out <= cache_bytes else mem
+        return (gather * nnz + mem * n_union + reread * (nnz - n_union)) * n_out
+    if code == UNION:
+        return (copy + mem + blas * batch) * n_union * n_out
+    return (csr * nnz + mem * n_union) * n_out
+
+
+def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
+    """The code of the cheapest strategy for one layer under the cost model.
+
+    Args:
+        batch: examples B >= 1.  n_in, n_out: the layer's N_in and N_out.
+        nnz: nonzero inputs over the batch, 0..B N_in.
+        n_union: input units nonzero for at least one example, 0..N_in.
+        costs: :meth:`CostModel.as_array`, float64 (7,).
+
+    Returns:
+        One of DENSE, GATHER, UNION, CSR; ties go to the earlier of gather, csr, union, dense
+        (the numba kernels repeat this choice over the same :func:`_cost`).
+    """
+    b, i, o, z, u = float(batch), float(n_in), float(n_out), float(nnz), float(n_union)
+    best = GATHER
+    best_cost = _cost(GATHER, b, i, o, z, u, costs)
+    for code in (CSR, UNION, DENSE):
+        cost = _cost(code, b, i, o, z, u, costs)
+        if cost < best_cost:
+            best, best_cost = code, cost
+    return best

@@ -1,0 +1,220 @@
+"""Checking the engine against the dense model: kinks, logits, accuracy, time.
+
+Engine and dense model add the same float32 products in different orders, so a
+pre-activation h within float32 round-off of a kink of phi (tau, tau + m, or their
+negatives for the two-sided activations) may fall on different sides in the two: the unit
+is then zero in one and a tiny nonzero in the other. phi is continuous, so the logits still
+agree to round-off, but the zero patterns (and so the multiply-add counts) may not.
+:func:`near_kink` finds the examples where that can happen, from h in float64.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sparse_eoc.activations import get_activation
+
+__all__ = ["KinkReport", "near_kink", "kinks", "compare_with_dense", "evaluate_run"]
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def kinks(activation: str, tau: float, m: float) -> tuple[float, ...]:
+    """The points where phi is not differentiable: tau and tau + m (if m is finite), and their
+    negatives for the two-sided activations (``st_tau``, ``cst``). Paper Section 2."""
+    act = get_activation(activation)
+    points = [tau] + ([tau + m] if math.isfinite(m) else [])
+    return tuple(points + [-p for p in points]) if act.two_sided else tuple(points)
+
+
+@dataclass(frozen=True)
+class KinkReport:
+    """Which examples have a pre-activation within float32 round-off of a kink.
+
+    Attributes:
+        flagged: bool (B,), True where any hidden pre-activation of the example is near a kink.
+        per_layer: flagged units per hidden layer, summed over the batch, L ints.
+        tolerance_factor: the ``factor`` used (see :func:`near_kink`).
+    """
+
+    flagged: np.ndarray
+    per_layer: tuple[int, ...]
+    tolerance_factor: float
+
+    @property
+    def count(self) -> int:
+        """Flagged examples."""
+        return int(self.flagged.sum())
+
+
+def near_kink(model, x, *, factor: float = 64.0) -> KinkReport:
+    """Flag the examples whose float64 pre-activations lie within round-off of a kink.
+
+    For hidden unit i of layer l, with a = phi(h^{l-1}) (x for l = 1), the float32 sum
+    h_i = sum_j W_ij a_j + b_i is off by at most about ``eps32 * sqrt(N_in) * S_i`` where
+    S_i = sum_j |W_ij a_j| + |b_i|, plus what earlier layers passed on; the tolerance is
+    ``factor * eps32 * S_i`` and unit i is flagged when |h_i - k| < tolerance for a kink k.
+
+    Args:
+        model: a :class:`~sparse_eoc.nn.SparseMLP` (copied to float64 on the CPU; not changed).
+        x: inputs (B, N_0) or (B, *), tensor or array.
+        factor: tolerance in units of eps32 * S_i, > 0 (64 covers sums of a few thousand
+            terms with room for the round-off carried from earlier layers).
+
+    Returns:
+        A :class:`KinkReport`.
+
+    Raises:
+        ValueError: if ``factor`` is not > 0.
+    """
+    import torch
+
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be a finite number > 0, got factor={factor!r}")
+    m64 = copy.deepcopy(model).double().cpu()
+    a = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).double().cpu()
+    a = a.reshape(a.shape[0], -1)  # (B, N_0)
+    points = kinks(m64.act.name, m64.act.tau, m64.act.m)
+    flagged = torch.zeros(a.shape[0], dtype=torch.bool)
+    per_layer = []
+    with torch.no_grad():
+        for layer in m64.hidden:
+            h = layer(a)  # (B, N_out)
+            scale = a.abs() @ layer.weight.abs().T + layer.bias.abs()  # (B, N_out): S_i
+            tol = factor * EPS32 * scale
+            near = torch.zeros_like(h, dtype=torch.bool)
+            for k in points:
+                near |= (h - k).abs() < tol
+            per_layer.append(int(near.sum()))
+            flagged |= near.any(dim=1)
+            a = m64.act(h)
+    return KinkReport(flagged.numpy(), tuple(per_layer), float(factor))
+
+
+def compare_with_dense(engine, model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1,
+                       repeats: int = 1) -> dict[str, Any]:
+    """Evaluate a dataset with the engine and with the dense model, batch by batch.
+
+    Both run over the same batches, interleaved (engine, then dense, per batch), after one
+    untimed warm-up call each (numba compiles on first use); each pass over the data is
+    repeated ``repeats`` times and the median pass time taken.
+
+    Args:
+        engine: a :class:`~sparse_eoc.infer.SparseEngine` built from ``model``.
+        model: the :class:`~sparse_eoc.nn.SparseMLP` (run under ``torch.inference_mode``).
+        x: inputs, float32 (N, N_0).  y: labels, int (N,).
+        batch_size: examples per call, >= 1.  repeats: passes, >= 1.
+
+    Returns:
+        ``test_accuracy`` (engine), ``dense_test_accuracy``, ``max_abs_logit_diff``,
+        ``max_rel_logit_diff`` (per example, |diff| / max |dense logit|), ``speedup``
+        (dense seconds / engine seconds), ``flop_reduction`` (dense / done multiply-adds over
+        the data), ``engine_seconds``, ``dense_seconds``, ``n``, ``batch_size``, ``backend``,
+        ``strategies`` (count of each strategy over layers and batches).
+    """
+    import torch
+
+    from sparse_eoc.checks import check_int
+
+    batch_size = check_int("batch_size", batch_size)
+    repeats = check_int("repeats", repeats)
+    n = len(x)
+    if n == 0 or len(y) != n:
+        raise ValueError(f"x and y must hold the same N >= 1 examples, got {len(x)} and {len(y)}")
+    batches = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    engine_logits = np.empty((n, engine.num_classes), np.float32)
+    dense_logits = np.empty((n, engine.num_classes), np.float32)
+    t_engine, t_dense = np.zeros(repeats), np.zeros(repeats)
+    done = dense = 0
+    counts: dict[str, int] = {}
+    model = model.eval()
+    with torch.inference_mode():
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        engine(x[:batch_size]), model(xt[:batch_size])  # warm-up
+        for r in range(repeats):
+            for s, e in batches:
+                start = time.perf_counter()
+                engine_logits[s:e] = engine(x[s:e])
+                t_engine[r] += time.perf_counter() - start
+                start = time.perf_counter()
+                dense_logits[s:e] = model(xt[s:e]).numpy()
+                t_dense[r] += time.perf_counter() - start
+                if r == 0:
+                    stats = engine.last_stats
+                    done += sum(stats.macs)
+                    dense += sum(stats.dense_macs)
+                    for name in stats.strategies:
+                        counts[name] = counts.get(name, 0) + 1
+    diff = np.abs(engine_logits - dense_logits)  # (N, classes)
+    scale = np.maximum(np.abs(dense_logits).max(axis=1), np.finfo(np.float32).tiny)  # (N,)
+    engine_s, dense_s = float(np.median(t_engine)), float(np.median(t_dense))
+    return {
+        "test_accuracy": float(np.mean(engine_logits.argmax(axis=1) == y)),
+        "dense_test_accuracy": float(np.mean(dense_logits.argmax(axis=1) == y)),
+        "max_abs_logit_diff": float(diff.max()),
+        "max_rel_logit_diff": float((diff.max(axis=1) / scale).max()),
+        "speedup": dense_s / engine_s,
+        "flop_reduction": dense / done if done else math.inf,
+        "engine_seconds": engine_s,
+        "dense_seconds": dense_s,
+        "n": n,
+        "batch_size": batch_size,
+        "backend": engine.backend,
+        "strategies": counts,
+    }
+
+
+def evaluate_run(run_dir, data_dir, *, batch_size: int = 1, strategy: str = "auto", threads: int = 1,
+                 backend: str = "auto", limit: int | None = None, repeats: int = 1) -> dict[str, Any]:
+    """``sparse-eoc infer``: a run's test set through the engine and through the dense model.
+
+    The test set is loaded as the run was trained (dataset, validation split and seed
+    from ``config.json``, so the standardisation is the same); the engine takes the
+    standardised zero pixel as its input offset. Torch runs with ``threads`` threads too.
+
+    Args:
+        run_dir: an MLP run directory.  data_dir: the dataset's files.
+        batch_size: examples per call, >= 1.  strategy, threads, backend: of the engine.
+        limit: evaluate only the first ``limit`` test examples (None: all).
+        repeats: timed passes over the data (median), >= 1.
+
+    Returns:
+        :func:`compare_with_dense`'s dict plus ``run`` and ``threads``.
+
+    Raises:
+        ValueError: a CNN run, or bad options.  FileNotFoundError: missing run files.
+    """
+    import torch
+
+    from sparse_eoc.data import load_image_dataset
+    from sparse_eoc.infer.engine import SparseEngine, zero_pixel_offset
+    from sparse_eoc.train import load_run
+
+    from sparse_eoc.checks import check_int
+
+    limit = None if limit is None else check_int("limit", limit)
+    model, config = load_run(run_dir)
+    if config["network"].get("kind", "mlp") != "mlp":
+        raise ValueError(f"{run_dir}: infer evaluates MLP runs; this is a {config['network']['kind']} run "
+                         "(sparse_eoc.infer.cnn_flop_report reports a CNN's skippable multiply-adds)")
+    data = load_image_dataset(config.get("dataset", "mnist"), data_dir, val_size=config.get("val_size", 0),
+                              seed=config.get("seed", 0))
+    offset = zero_pixel_offset(data.mean, data.std, data.image_shape)
+    engine = SparseEngine.from_model(model, input_offset=offset, strategy=strategy, threads=threads,
+                                     backend=backend)
+    x, y = data.x_test, data.y_test
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = compare_with_dense(engine, model, x, y, batch_size=batch_size, repeats=repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return {"run": str(run_dir), **result, "threads": threads, "backend_note": engine.backend_note}

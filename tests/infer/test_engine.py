@@ -1,0 +1,271 @@
+"""The sparse engine equals the dense model (STYLE.md principle 9), for every activation,
+strategy, batch size and backend; its multiply-add counts are the ones the zeros allow."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_eoc.activations import ACTIVATIONS, get_activation
+from sparse_eoc.gp import solve_eoc
+from sparse_eoc.infer import STRATEGIES, STRATEGY_CHOICES, SparseEngine, near_kink, numba_available
+from sparse_eoc.nn import SparseCNN, SparseMLP, init_eoc_, input_weight_variance
+
+BACKENDS = ["numpy", "numba"] if numba_available() else ["numpy"]
+BACKGROUND = np.float32(-0.4242)  # the "zero pixel" of the synthetic images below
+RTOL = 1e-4  # logits: |engine - dense| <= RTOL * max |dense logit|, per example
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    """MNIST-like float32 (n, 784): 80 % background, the rest positive 'ink'."""
+    rng = np.random.default_rng(seed)
+    x = np.full((n, 784), BACKGROUND, dtype=np.float32)
+    ink = rng.random((n, 784)) < 0.2
+    x[ink] = rng.uniform(0.0, 2.8, ink.sum()).astype(np.float32)
+    return x
+
+
+MEAN_SQUARE_INPUT = float(np.mean(images(1000, seed=99).astype(np.float64) ** 2))
+
+
+def eoc_mlp(activation: str, *, sparsity: float = 0.8, depth: int = 4, width: int = 64, seed: int = 0) -> SparseMLP:
+    """A random EoC network (paper Section 4) at the given sparsity, q^1 = q* on :func:`images`."""
+    clipped = get_activation(activation).clipped
+    p = solve_eoc(activation, sparsity, slope=0.7 if clipped else None)
+    model = SparseMLP(784, 10, depth, width, activation, p.tau, p.m).eval()
+    return init_eoc_(model, p.sigma_w2, p.sigma_b2, generator=torch.Generator().manual_seed(seed),
+                     input_sigma_w2=input_weight_variance(p.q_star, p.sigma_b2, MEAN_SQUARE_INPUT))
+
+
+def dense_logits(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def torch_nonzeros(model, x: np.ndarray) -> list[int]:
+    """Nonzero inputs of each layer as the dense float32 model has them: x - c, phi(h^1), ..., phi(h^L)."""
+    with torch.no_grad():
+        states = model.hidden_states(torch.from_numpy(x))
+    return [int((x != BACKGROUND).sum())] + [int((phi != 0).sum()) for _, phi in states]
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per example, max |out - ref| / max |ref|, (B,)."""
+    return np.abs(out - ref).max(axis=1) / np.abs(ref).max(axis=1)
+
+
+@pytest.fixture(scope="module", params=list(ACTIVATIONS))
+def network(request):
+    """(activation, model, 64 inputs, kink report of those inputs)."""
+    model = eoc_mlp(request.param)
+    x = images(64, seed=1)
+    return request.param, model, x, near_kink(model, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", STRATEGY_CHOICES)
+@pytest.mark.parametrize("batch", [1, 8, 64])
+def test_logits_equal_the_dense_model(network, backend, strategy, batch):
+    activation, model, x, kinks = network
+    x, flagged = x[:batch], kinks.flagged[:batch]
+    # Near-kink examples are rare at this size: a few percent of the batch at most.
+    assert flagged.sum() <= max(1, 0.05 * batch), f"{activation}: {flagged.sum()} of {batch} near a kink"
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, backend=backend)
+    out, ref = engine(x), dense_logits(model, x)
+    assert out.dtype == np.float32 and out.shape == (batch, 10)
+    assert np.all(relative_error(out, ref)[~flagged] <= RTOL)
+    stats = engine.last_stats
+    assert len(stats.strategies) == model.depth + 1
+    if strategy != "auto":
+        assert set(stats.strategies) == {strategy}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_zero_pattern_and_multiply_adds_are_those_of_the_dense_model(network, backend, strategy):
+    activation, model, x, kinks = network
+    x = x[~kinks.flagged]  # same side of every kink in float32 and float64
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, backend=backend)
+    engine(x)
+    stats = engine.last_stats
+    nnz = torch_nonzeros(model, x)
+    assert list(stats.nnz) == nnz
+    widths = [model.width] * model.depth + [10]
+    expected = {
+        "dense": [len(x) * i * o for i, o in zip(stats.n_in, widths)],
+        "gather": [z * o for z, o in zip(nnz, widths)],
+        "csr": [z * o for z, o in zip(nnz, widths)],
+        "union": [len(x) * u * o for u, o in zip(stats.union, widths)],
+    }[strategy]
+    assert list(stats.macs) == expected
+    # The union: input units nonzero for at least one example, from the dense model's states.
+    with torch.no_grad():
+        states = model.hidden_states(torch.from_numpy(x))
+    union = [int((x != BACKGROUND).any(axis=0).sum())] + [int((phi != 0).any(dim=0).sum()) for _, phi in states]
+    assert list(stats.union) == union
+
+
+def test_flop_reduction_is_reported_and_matches_the_sparsity(network):
+    activation, model, x, kinks = network
+    x = x[~kinks.flagged]
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy="gather")
+    engine(x)
+    stats = engine.last_stats
+    nnz = torch_nonzeros(model, x)
+    done = sum(z * o for z, o in zip(nnz, [model.width] * model.depth + [10]))
+    dense = sum(stats.dense_macs)
+    assert stats.flop_reduction == pytest.approx(dense / done, rel=1e-12)
+    # Hidden layers at ~80 % sparsity and ~80 % background pixels: about 5x fewer multiply-adds.
+    assert 3.0 < stats.flop_reduction < 8.0
+    print(f"{activation}: multiply-adds done {done} of {dense} (/{stats.flop_reduction:.2f}); "
+          f"density per layer {np.round(stats.density, 3).tolist()}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", STRATEGY_CHOICES)
+def test_dense_own_mode_runs_the_same_strategies_without_skipping(network, backend, strategy):
+    _, model, x, _ = network
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, backend=backend)
+    sparse = engine(x[:8])
+    sparse_stats = engine.last_stats
+    dense = engine(x[:8], skip_zeros=False)
+    stats = engine.last_stats
+    assert stats.strategies == sparse_stats.strategies and not stats.skip_zeros
+    assert stats.macs == stats.dense_macs and stats.flop_reduction == 1.0
+    assert np.all(relative_error(dense, sparse) <= RTOL)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("batch", [1, 8, 64])
+def test_numba_and_numpy_backends_agree(network, batch):
+    _, model, x, _ = network
+    engines = [SparseEngine.from_model(model, input_offset=BACKGROUND, backend=b) for b in ("numpy", "numba")]
+    outs = [e(x[:batch]) for e in engines]
+    a, b = (e.last_stats for e in engines)
+    assert (a.strategies, a.nnz, a.union, a.macs) == (b.strategies, b.nnz, b.union, b.macs)
+    assert np.all(relative_error(outs[1], outs[0]) <= RTOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_picks_gather_at_batch_1_and_dense_for_a_dense_input(backend):
+    model = eoc_mlp("crelu", sparsity=0.85)
+    x = images(1, seed=2)
+    with_offset = SparseEngine.from_model(model, input_offset=BACKGROUND, backend=backend)
+    with_offset(x)
+    assert with_offset.last_strategies == ("gather",) * (model.depth + 1)
+    without = SparseEngine.from_model(model, backend=backend)  # x itself has no zeros
+    out = without(x)
+    assert without.last_strategies == ("dense",) + ("gather",) * model.depth
+    assert np.all(relative_error(out, dense_logits(model, x)) <= RTOL)
+
+
+def test_torch_in_torch_out_and_image_shapes():
+    model = eoc_mlp("cst")
+    x = images(4, seed=3)
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND)
+    out = engine(torch.from_numpy(x).view(4, 1, 28, 28))  # (B, 1, 28, 28) -> (B, 784)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (4, 10)
+    assert np.all(relative_error(out.numpy(), dense_logits(model, x)) <= RTOL)
+
+
+def test_per_layer_strategies():
+    model = eoc_mlp("relu_tau", depth=2)
+    per_layer = ["dense", "csr", "gather"]
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=per_layer)
+    engine(images(8, seed=4))
+    assert engine.last_strategies == tuple(per_layer)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_csr_tiles_and_row_blocks_do_not_change_the_logits(batch):
+    # Width 300 with 1 KiB tiles: column tiles of 256 + 44 and row blocks of 16 (784 inputs: 49).
+    model = eoc_mlp("cst", width=300, depth=2)
+    x = images(batch, seed=6)
+    small = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy="csr", tile_bytes=1024)
+    large = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy="csr")
+    gather = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy="gather")
+    out = small(x)
+    # Same rows, added in other groups of four: equal to round-off.
+    assert np.all(relative_error(out, large(x)) <= RTOL)
+    assert np.all(relative_error(out, gather(x)) <= RTOL)
+    assert np.all(relative_error(out, dense_logits(model, x)) <= RTOL)
+    with pytest.raises(ValueError, match="tile_bytes must be an integer >= 1024"):
+        SparseEngine.from_model(model, tile_bytes=100)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("strategy", STRATEGY_CHOICES)
+def test_two_threads_give_the_same_logits(strategy):
+    model = eoc_mlp("crelu", width=300, depth=3)  # 300 columns: several tiles per thread split
+    x = images(16, seed=5)
+    one = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=1)
+    two = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=2)
+    for batch in (1, 16):
+        a, b = one(x[:batch]), two(x[:batch])
+        np.testing.assert_array_equal(a, b)  # threads split columns: no sum changes its order
+        assert one.last_stats == two.last_stats
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(strategy="sparse"), "strategy must be one of auto, dense, gather, union, csr"),
+        (dict(strategy=["dense", "csr"]), "strategy must be one name or 5"),
+        (dict(threads=0), "threads must be an integer >= 1"),
+        (dict(backend="gpu"), "backend must be one of auto, numba, numpy"),
+        (dict(input_offset=np.zeros(3)), "input_offset must be a finite float or \\(784,\\)"),
+    ],
+)
+def test_bad_options_raise_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SparseEngine.from_model(eoc_mlp("crelu"), **kwargs)
+
+
+def test_bad_inputs_and_models_raise_value_errors():
+    engine = SparseEngine.from_model(eoc_mlp("crelu"))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 784\)"):
+        engine(np.zeros((2, 100), np.float32))
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        engine(np.zeros((0, 784), np.float32))
+    with pytest.raises(ValueError, match="model must be a SparseMLP"):
+        SparseEngine.from_model(SparseCNN(1, 10, 2, 4, "crelu", 0.5, 2.0))
+    with pytest.raises(ValueError, match="does not take the previous layer's"):
+        SparseEngine([np.zeros((4, 3)), np.zeros((2, 5))], [np.zeros(4), np.zeros(2)], "crelu", 0.5, 2.0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        SparseEngine([np.zeros((4, 3)), np.zeros((2, 4))], [np.zeros(4), np.zeros(2)], "gelu")
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_importing_the_package_imports_neither_numba_nor_torch():
+    code = "import sys, sparse_eoc, sparse_eoc.infer; print('numba' in sys.modules, 'torch' in sys.modules)"
+    assert _run(code) == "False False"
+
+
+def test_without_numba_the_numpy_path_runs_and_says_so():
+    code = """
+import sys, warnings
+sys.modules['numba'] = None  # numba cannot be imported
+import numpy as np
+from sparse_eoc.infer import SparseEngine, numba_available
+ws, bs = [np.ones((4, 3)), np.ones((2, 4))], [np.zeros(4), np.zeros(2)]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    engine = SparseEngine(ws, bs, 'relu_tau', 0.5)
+print(numba_available(), engine.backend, 'numba' in engine.backend_note, len(caught))
+print(engine(np.array([[1.0, 0.0, 0.0]])).tolist())
+try:
+    SparseEngine(ws, bs, 'relu_tau', 0.5, backend='numba')
+except ValueError as err:
+    print('ValueError', 'sparse-eoc[fast]' in str(err))
+"""
+    lines = _run(code).splitlines()
+    assert lines[0] == "False numpy True 1"
+    assert lines[1] == "[[2.0, 2.0]]"  # relu(1 - 0.5) = 0.5 on 4 units, then 4 x 0.5
+    assert lines[2] == "ValueError True"
