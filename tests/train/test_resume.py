@@ -73,6 +73,14 @@ def kill_after_epoch(monkeypatch, k: int, *, before_checkpoint: bool = False):
     monkeypatch.setattr(run, "fit", fit_then_die)
 
 
+def train_killed_after_epoch_1(config, out, monkeypatch):
+    """Run ``train`` until a simulated kill right after epoch 1's checkpoint."""
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 1)
+        with pytest.raises(Killed):
+            train(config, out, progress=False)
+
+
 def numbers(result):
     return {k: v for k, v in result.items() if k != "wall_seconds"}
 
@@ -152,10 +160,7 @@ def test_resume_of_a_diverged_run_returns_it(tmp_path, mnist_512, monkeypatch):
 
 def test_divergence_after_a_resume_keeps_the_checkpointed_weights(tmp_path, mnist_512, monkeypatch):
     config = mlp_config(mnist_512)
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(config, tmp_path, progress=False)
+    train_killed_after_epoch_1(config, tmp_path, monkeypatch)
     epoch1 = load_checkpoint(tmp_path / CHECKPOINT_FILE)["model"]
     real_epoch = loop.train_epoch
 
@@ -174,10 +179,7 @@ def test_divergence_after_a_resume_keeps_the_checkpointed_weights(tmp_path, mnis
 
 def test_resume_with_other_settings_names_them(tmp_path, mnist_512, monkeypatch):
     config = mlp_config(mnist_512)
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(config, tmp_path / "killed", progress=False)
+    train_killed_after_epoch_1(config, tmp_path / "killed", monkeypatch)
     with pytest.raises(ValueError, match=r"checkpoint\.pt: its settings differ in lr, optimizer \(lr=0\.02 there"):
         train(config.replace(lr=0.5, optimizer="adam"), tmp_path / "killed", progress=False, resume=True)
     train(config.replace(epochs=1), tmp_path / "done", progress=False)
@@ -187,10 +189,7 @@ def test_resume_with_other_settings_names_them(tmp_path, mnist_512, monkeypatch)
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, mnist_512, monkeypatch):
     config = mlp_config(mnist_512)
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(config, tmp_path, progress=False)
+    train_killed_after_epoch_1(config, tmp_path, monkeypatch)
     path = tmp_path / CHECKPOINT_FILE
     path.write_bytes(path.read_bytes()[: 1000])  # truncated
     with pytest.raises(ValueError, match=r"checkpoint\.pt: not a readable checkpoint"):
@@ -216,10 +215,7 @@ def test_settings_differences():
 def test_cli_resume(tmp_path, mnist_512, monkeypatch, capsys):
     config = mlp_config(mnist_512, epochs=2)
     train(config, tmp_path / "whole", progress=False)
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(config, tmp_path / "run", progress=False)
+    train_killed_after_epoch_1(config, tmp_path / "run", monkeypatch)
     assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("completed: 2 epoch(s), test accuracy") and str(tmp_path / "run") in out

@@ -76,11 +76,11 @@ class SparsityMeter:
     """
 
     def __init__(self) -> None:
+        self._scratch: Tensor | None = None  # reused by count_nonzero; kept across resets
         self.reset()
 
     def reset(self) -> None:
         """Forget everything counted so far (the scratch buffer is kept)."""
-        self._scratch: Tensor | None = getattr(self, "_scratch", None)  # reused by count_nonzero
         self._nonzero: Tensor | None = None  # (L,) int64, on-device, allocated on first batch
         self._numel: list[int] = []  # (L,) elements seen per layer (host ints)
         self.num_batches = 0
