@@ -15,7 +15,8 @@
     sparse-eoc experiments
     sparse-eoc infer     --run RUN --data-dir DIR [--batch-size B] [--strategy S] [--threads T] [--json]
     sparse-eoc bench-inference --data-dir DIR [--widths 300,1024,4096] [--batches 1,8,64]
-                         [--sparsities 0.5,0.7,0.85,0.9] [--repeats R] [--threads T] [--json] [--out FILE]
+                         [--sparsities 0.5,0.7,0.85,0.9] [--repeats R] [--threads T] [--cache cold|warm]
+                         [--json] [--out FILE]
 """
 
 from __future__ import annotations
@@ -324,7 +325,7 @@ def _bench_inference_command(args: argparse.Namespace) -> int:
     rows = run_benchmark(args.data_dir, widths=args.widths, depth=args.depth, batches=args.batches,
                          sparsities=args.sparsities, repeats=args.repeats, threads=args.threads,
                          slope=args.slope, strategy=args.strategy, backend=args.backend, seed=args.seed,
-                         log=log)
+                         cache=args.cache, log=log)
     if args.out:
         write_json(args.out, rows)
     if args.json:
@@ -483,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto", help="engine strategy (default auto)")
     p.add_argument("--backend", choices=["auto", "numba", "numpy"], default="auto", help="engine backend")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--cache", choices=["cold", "warm"], default="cold",
+                   help="cold (default): each timed call follows the other methods' calls; warm: it follows an "
+                        "untimed call of the same method (steady-state serving latency)")
     p.add_argument("--out", help="also write the rows as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON array (the table goes to stderr)")
     p.set_defaults(func=_bench_inference_command)

@@ -166,7 +166,8 @@ def test_cpu_presets_fit_about_two_hours_and_smoke_minutes():
     exp = get_experiment("dnn-table")
     p = exp.preset("cpu")
     runs = exp.runs("cpu")
-    assert estimate_seconds(runs, p) == len(runs) * (5 * p.epoch_seconds + p.run_seconds)
+    assert all((r.config.depth, r.config.epochs) == (40, 8) for r in runs)
+    assert estimate_seconds(runs, p) == len(runs) * (8 * p.epoch_seconds + p.run_seconds)
     assert estimate_seconds(get_experiment("cnn-table").runs("paper"), get_experiment("cnn-table").preset("paper")) \
         is None
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sparse_eoc.cli import main
@@ -31,7 +32,7 @@ def write_run(root: Path, name: str, *, activation: str, sparsity: float | None 
               seed: int = 0, accs: list[float] = (), losses: list[float] | None = None, status: str | None = "completed",
               sparsities: tuple[float, float] = (0.8, 0.8), partial_loss: float | None = None,
               grad_norms: list[list[float]] | None = None, preact_vars: list[list[float]] | None = None,
-              **settings) -> Path:
+              steps_before_divergence: dict[int, list[float]] | None = None, **settings) -> Path:
     """A run directory as ``sparse_eoc.train.train`` writes it, with made-up numbers.
 
     ``accs``: test accuracy per completed epoch; ``status`` None leaves out result.json (unfinished).
@@ -66,6 +67,9 @@ def write_run(root: Path, name: str, *, activation: str, sparsity: float | None 
     if status == "diverged":
         result["diverged"] = {"epoch": len(accs) + 1, "step": 7, "loss": None, "recent_losses": [3.0, 1e30],
                               "partial_train_loss": partial_loss, "partial_train_sparsity": None}
+        if steps_before_divergence is not None:
+            result["diverged"]["recent_steps"] = list(steps_before_divergence)
+            result["diverged"]["recent_layer_grad_norm"] = list(steps_before_divergence.values())
     (run / "result.json").write_text(json.dumps(result))
     return run
 
@@ -269,6 +273,23 @@ def test_layer_stats_figure_is_the_geometric_mean_over_seeds(tmp_path):
     assert list(failing.get_lines()[1].get_ydata()) == pytest.approx([1e4] * DEPTH)
     assert healthy.get_yscale() == "log"
     assert len(fig.axes) == 5  # 2 stats x 2 cells + the colour bar
+
+
+def test_a_failing_cell_that_diverged_at_once_shows_its_steps_before_the_divergence(tmp_path):
+    for seed, steps in ((0, {1: [1.0, 1.0, 1.0, 1.0], 2: [4.0, 1e2, 1e4, None]}), (1, {1: [4.0, 4.0, 4.0, 4.0]})):
+        write_run(tmp_path, f"rt-{seed}", activation="relu_tau", sparsity=0.7, seed=seed, status="diverged",
+                  steps_before_divergence=steps)
+    write_run(tmp_path, "st", activation="st_tau", sparsity=0.9, status="diverged",
+              steps_before_divergence={1: [1.0] * DEPTH})  # as failing, but seen for fewer steps
+    write_run(tmp_path, "good", activation="crelu", sparsity=0.85, slope=0.7, accs=[0.8, 0.9],
+              grad_norms=[[1.0] * DEPTH, [2.0] * DEPTH])
+    fig = draw_layer_stats(load_runs(tmp_path))
+    failing = next(a for a in fig.axes if a.get_title().startswith("failing"))
+    assert "ReLU" in failing.get_title() and "2 seed(s)" in failing.get_title()
+    assert [t.get_text() for t in failing.get_legend().get_texts()] == ["step 1", "step 2"]
+    step1, step2 = (line.get_ydata() for line in failing.get_lines())
+    assert list(step1) == pytest.approx([2.0] * DEPTH)  # geometric mean of 1 and 4
+    assert list(step2[:3]) == pytest.approx([4.0, 1e2, 1e4]) and np.isnan(step2[3])  # seed 0 alone; null: overflowed
 
 
 def test_report_skips_the_layer_stats_figure_when_not_logged(sweep, tmp_path):

@@ -134,8 +134,8 @@ def test_dry_run_writes_nothing_and_estimates(tmp_path, mnist_subset_dir):
     assert not (tmp_path / "sweep").exists()
     assert len(outcome.runs) == 82 and outcome.counts == {"pending": 82}
     exp = get_experiment("dnn-table")
-    assert outcome.estimated_seconds == 82 * (5 * exp.preset("cpu").epoch_seconds + exp.preset("cpu").run_seconds)
-    assert "82 runs, 0 finished, 82 to do; estimated 1.3 h" in lines[0]
+    assert outcome.estimated_seconds == 82 * (8 * exp.preset("cpu").epoch_seconds + exp.preset("cpu").run_seconds)
+    assert "82 runs, 0 finished, 82 to do; estimated 1.8 h" in lines[0]
     assert len(lines) == 83
 
 
@@ -168,7 +168,7 @@ def test_ray_backend_without_ray_says_how_to_install(tmp_path, monkeypatch, caps
 def test_cli_experiments_lists_presets_counts_and_estimates(capsys):
     assert main(["experiments"]) == 0
     out = capsys.readouterr().out
-    assert "dnn-table   cpu     mlp-mnist-cpu     41     2    82      1.3 h" in out
+    assert "dnn-table   cpu     mlp-mnist-cpu     41     2    82      1.8 h" in out
     assert "cnn-table   cpu     cnn-mnist-cpu      9     1     9" in out
     assert "dnn-table   paper   mlp-paper         41     5   205" in out
 

@@ -14,7 +14,6 @@ from sparse_eoc.gp import (
     sparsity_from_tau,
     tau_from_sparsity,
     variance_map,
-    variance_map_derivative,
 )
 from sparse_eoc.gp.gaussian import derivative_second_moment_quad, second_moment_quad
 

@@ -36,11 +36,27 @@ def test_rows_have_every_key_and_consistent_values(mnist_subset_dir):
     assert all(r["strategy"] == "gather:4" for r in single)
 
 
+@pytest.mark.parametrize("cache, calls_per_repeat", [("cold", 2), ("warm", 4)])
+def test_the_warm_protocol_precedes_each_timed_call_by_an_untimed_one(mnist_subset_dir, monkeypatch, cache,
+                                                                       calls_per_repeat):
+    from sparse_eoc.infer import SparseEngine
+
+    calls = []
+    original = SparseEngine.__call__
+    monkeypatch.setattr(SparseEngine, "__call__", lambda self, x, **kw: calls.append(kw) or original(self, x, **kw))
+    rows = run_benchmark(mnist_subset_dir, widths=[16], depth=2, batches=[1], sparsities=[0.85], repeats=3,
+                         cache=cache)
+    assert rows[0]["cache"] == cache
+    assert len(calls) == 2 + 3 * calls_per_repeat  # the warm-up of own dense and sparse, then the repeats
+
+
 def test_bad_options(mnist_subset_dir):
     with pytest.raises(ValueError, match="batch must be an integer >= 1"):
         run_benchmark(mnist_subset_dir, widths=[8], batches=[0])
     with pytest.raises(ValueError, match="sparsity"):
         run_benchmark(mnist_subset_dir, widths=[8], sparsities=[1.5])
+    with pytest.raises(ValueError, match="cache must be one of cold, warm"):
+        run_benchmark(mnist_subset_dir, widths=[8], cache="hot")
 
 
 def test_cli_json_and_the_script(mnist_subset_dir, tmp_path, capsys):

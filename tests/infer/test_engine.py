@@ -11,6 +11,7 @@ import torch
 from sparse_eoc.activations import ACTIVATIONS, get_activation
 from sparse_eoc.gp import solve_eoc
 from sparse_eoc.infer import STRATEGIES, STRATEGY_CHOICES, SparseEngine, near_kink, numba_available
+from sparse_eoc.infer.plan import GATHER as GATHER_CODE
 from sparse_eoc.nn import SparseCNN, SparseMLP, init_eoc_, input_weight_variance
 
 BACKENDS = ["numpy", "numba"] if numba_available() else ["numpy"]
@@ -149,16 +150,42 @@ def test_numba_and_numpy_backends_agree(network, batch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_auto_picks_gather_at_batch_1_and_dense_for_a_dense_input(backend):
+def test_auto_gathers_at_batch_1_and_picks_dense_for_a_dense_input_batch(backend):
     model = eoc_mlp("crelu", sparsity=0.85)
-    x = images(1, seed=2)
+    x = images(8, seed=2)
     with_offset = SparseEngine.from_model(model, input_offset=BACKGROUND, backend=backend)
-    with_offset(x)
+    with_offset(x[:1])
     assert with_offset.last_strategies == ("gather",) * (model.depth + 1)
     without = SparseEngine.from_model(model, backend=backend)  # x itself has no zeros
+    out = without(x[:1])
+    assert without.last_strategies == ("gather",) * (model.depth + 1)  # batch 1: always gather
+    assert without.last_stats.nnz[0] == x.shape[1]
+    assert np.all(relative_error(out, dense_logits(model, x[:1])) <= RTOL)
     out = without(x)
-    assert without.last_strategies == ("dense",) + ("gather",) * model.depth
+    assert without.last_strategies[0] == "dense"
     assert np.all(relative_error(out, dense_logits(model, x)) <= RTOL)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("activation", ["relu_tau", "st_tau", "crelu", "cst"])
+@pytest.mark.parametrize("skip", [True, False])
+def test_the_batch_1_kernel_equals_the_per_layer_gather_kernel_bit_for_bit(activation, skip):
+    from sparse_eoc.infer import kernels
+
+    model = eoc_mlp(activation, sparsity=0.8)
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, backend="numba")
+    x = images(1, seed=5)
+    single = engine(x, skip_zeros=skip)  # batch 1, one thread: forward_single
+    wts, biases = engine._typed
+    n = model.depth + 1
+    stats = np.zeros((n, 4), np.int64)
+    gather = np.full(n, GATHER_CODE, np.int64)
+    per_layer = kernels.forward_serial(x, engine._offset32, wts, biases, engine._kinds, engine._taus, engine._ms,
+                                       gather, skip, engine._costs, 1, engine.tile_bytes, stats)
+    assert np.array_equal(single, per_layer)
+    s = engine.last_stats
+    assert (s.strategies, s.nnz, s.union, s.macs) == (("gather",) * n, tuple(stats[:, 1]), tuple(stats[:, 2]),
+                                                      tuple(stats[:, 3]))
 
 
 def test_torch_in_torch_out_and_image_shapes():

@@ -283,6 +283,38 @@ def test_layer_stats_equal_a_direct_computation():
     assert history[0].layer_grad_norm != history[1].layer_grad_norm
 
 
+def test_a_divergence_keeps_the_grad_norms_of_the_steps_before_it():
+    """lr 1e4 blows this net up at step 4: the record holds steps 1-3's norms, as by hand."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+
+    def net_and_opt():
+        torch.manual_seed(0)
+        net = SparseMLP(6, 3, 3, 5, "relu_tau", 0.3, math.inf)
+        return net, torch.optim.SGD(net.parameters(), lr=1e4, momentum=0.9)
+
+    model, opt = net_and_opt()
+    history, div = fit(model, opt, {"train": (x, y), "test": (x, y)}, epochs=2, batch_size=8,
+                       generator=torch.Generator().manual_seed(1), show_progress=False, layer_stats=True)
+    assert history == [] and (div.epoch, div.step) == (1, 4)
+    assert div.recent_steps == [1, 2, 3] and len(div.recent_layer_grad_norm) == 3
+
+    twin, twin_opt = net_and_opt()
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    for step in range(3):
+        idx = perm[8 * step : 8 * step + 8]
+        twin_opt.zero_grad()
+        F.cross_entropy(twin(x[idx]), y[idx]).backward()
+        norms = [layer.weight.grad.double().pow(2).sum().sqrt().item() for layer in twin.hidden]
+        np.testing.assert_allclose(div.recent_layer_grad_norm[step], norms, rtol=1e-5)
+        twin_opt.step()
+
+    model, opt = net_and_opt()  # without the statistics the record has none
+    _, div = fit(model, opt, {"train": (x, y), "test": (x, y)}, epochs=2, batch_size=8,
+                 generator=torch.Generator().manual_seed(1), show_progress=False)
+    assert div.step == 4 and div.recent_layer_grad_norm is None and div.recent_steps is None
+
+
 def test_layer_stats_off_adds_nothing(tmp_path, mnist_512):
     result = train(mlp_config(mnist_512, epochs=1), tmp_path, progress=False)
     line = metric_lines(tmp_path)[0]

@@ -24,6 +24,27 @@ def test_load_run_rebuilds_the_trained_model(tmp_path, mnist_subset_dir):
     assert acc == result["test_accuracy"]
 
 
+def test_load_run_names_a_config_without_network_and_a_corrupt_weights_file(tmp_path, mnist_subset_dir):
+    train(small_config(mnist_subset_dir, epochs=1), tmp_path, progress=False)
+    config_path, weights_path = tmp_path / "config.json", tmp_path / "model.safetensors"
+    config, weights = config_path.read_text(), weights_path.read_bytes()
+    old = json.loads(config)
+    del old["network"]
+    config_path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"config\.json: cannot rebuild the model.*'network' section"):
+        load_run(tmp_path)
+    config_path.write_text(config)
+    weights_path.write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors: corrupt"):
+        load_run(tmp_path)
+    wider = json.loads(config)
+    wider["network"]["width"] += 1
+    config_path.write_text(json.dumps(wider))
+    weights_path.write_bytes(weights)
+    with pytest.raises(ValueError, match=r"model\.safetensors: corrupt or not the weights of the network"):
+        load_run(tmp_path)
+
+
 def test_same_seed_same_results_and_other_seed_differs(tmp_path, mnist_subset_dir):
     a = train(small_config(mnist_subset_dir), tmp_path / "a", progress=False)
     b = train(small_config(mnist_subset_dir), tmp_path / "b", progress=False)

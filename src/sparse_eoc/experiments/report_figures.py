@@ -198,45 +198,86 @@ def _has_stat(run: Run, key: str) -> bool:
     return any(isinstance(m.get(key), list) and m[key] for m in run.metrics)
 
 
-def _geo_mean_by_epoch(runs: Sequence[Run], key: str) -> dict[int, np.ndarray]:
-    """{epoch: per-layer geometric mean over the runs that logged it}, shape (L,) each."""
-    by_epoch: dict[int, list[np.ndarray]] = {}
-    for run in runs:
-        for m in run.metrics:
-            vals = m.get(key)
-            if isinstance(vals, list) and vals:
-                v = np.array([np.nan if x is None else x for x in vals], dtype=float)  # (L,)
-                by_epoch.setdefault(int(m["epoch"]), []).append(v)
-        init = (run.result or {}).get("init_layer_preact_var") if key == "layer_preact_var" else None
-        if isinstance(init, list) and init:
-            by_epoch.setdefault(0, []).append(np.array([np.nan if x is None else x for x in init], dtype=float))
-    out = {}
-    for epoch, arrs in sorted(by_epoch.items()):
-        if len({a.shape for a in arrs}) != 1:
-            continue  # runs of different depth cannot share a layer axis
-        stack = np.stack(arrs)  # (runs, L)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.where(stack > 0, np.log(np.where(stack > 0, stack, 1.0)), np.nan)
-            count = np.sum(~np.isnan(logs), axis=0)
-            out[epoch] = np.where(count > 0, np.exp(np.nansum(logs, axis=0) / np.maximum(count, 1)), np.nan)
+def _steps_before_divergence(run: Run) -> dict[int, np.ndarray]:
+    """{step: ||dLoss/dW^l||_2 per layer, (L,)} of the steps a diverged run logged before it blew up."""
+    div = (run.result or {}).get("diverged") or {}
+    norms, steps = div.get("recent_layer_grad_norm"), div.get("recent_steps")
+    if not (isinstance(norms, list) and isinstance(steps, list) and len(norms) == len(steps)):
+        return {}
+    return {int(step): _floats(v) for step, v in zip(steps, norms)}
+
+
+def _floats(values: Sequence) -> np.ndarray:
+    """A JSON list of numbers as float64, (L,); None (a non-finite value, written as null) is NaN."""
+    return np.array([np.nan if x is None else float(x) for x in values], dtype=float)
+
+
+def _per_epoch(run: Run, key: str) -> dict[int, np.ndarray]:
+    """{epoch: the run's per-layer ``key``, (L,)}; epoch 0 is the initialisation (pre-activation variance)."""
+    out = {int(m["epoch"]): _floats(m[key]) for m in run.metrics if isinstance(m.get(key), list) and m[key]}
+    init = (run.result or {}).get("init_layer_preact_var") if key == "layer_preact_var" else None
+    if isinstance(init, list) and init:
+        out[0] = _floats(init)
     return out
 
 
+def _geo_mean(series: Sequence[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
+    """{index: per-layer geometric mean over the series that have that index}, (L,) each.
+
+    Non-positive and missing values are left out of a layer's mean; an index whose series
+    differ in length (runs of different depth) is dropped.
+    """
+    by_index: dict[int, list[np.ndarray]] = {}
+    for one in series:
+        for i, v in one.items():
+            by_index.setdefault(i, []).append(v)
+    out = {}
+    for i, arrs in sorted(by_index.items()):
+        if len({a.shape for a in arrs}) != 1:
+            continue  # runs of different depth cannot share a layer axis
+        stack = np.stack(arrs)  # (runs, L)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            logs = np.where(stack > 0, np.log(np.where(stack > 0, stack, 1.0)), np.nan)
+            count = np.sum(~np.isnan(logs), axis=0)
+            out[i] = np.where(count > 0, np.exp(np.nansum(logs, axis=0) / np.maximum(count, 1)), np.nan)
+    return out
+
+
+def _geo_mean_by_epoch(runs: Sequence[Run], key: str) -> dict[int, np.ndarray]:
+    """{epoch: per-layer geometric mean over the runs that logged it}, shape (L,) each."""
+    return _geo_mean([_per_epoch(run, key) for run in runs])
+
+
 def _pick_stat_cells(cells: Sequence[_Cell]) -> list[tuple[str, _Cell]]:
-    logged = [c for c in cells if any(_has_stat(r, "layer_grad_norm") for r in c.runs)]
-    if not logged:
-        return []
+    """The failing and the healthy cell among those with logged gradient norms.
+
+    Failing: the lowest mean accuracy; among equals (e.g. cells whose runs all diverged, at
+    chance) the one with the most logged epochs and steps, the blow-up seen for longest,
+    then the lowest sparsity. Healthy: the highest accuracy of the rest, then the highest s.
+    """
+    def logged(c):
+        return sum(_has_stat(r, "layer_grad_norm") + len(_steps_before_divergence(r)) for r in c.runs)
 
     def acc(c):
         v = c.row["test_accuracy_mean"]
         return -math.inf if v is None else v
 
-    failing = min(logged, key=lambda c: (acc(c), -c.settings["sparsity"]))
-    rest = [c for c in logged if c is not failing]
+    candidates = [c for c in cells if logged(c)]
+    if not candidates:
+        return []
+    failing = min(candidates, key=lambda c: (acc(c), -logged(c), c.settings["sparsity"]))
+    rest = [c for c in candidates if c is not failing and any(_has_stat(r, "layer_grad_norm") for r in c.runs)]
     if not rest:
         return [("", failing)]
     healthy = max(rest, key=lambda c: (acc(c), c.settings["sparsity"]))
     return [("failing", failing), ("healthy", healthy)]
+
+
+def _evenly(items: list, k: int) -> list:
+    """At most k of ``items``, evenly spaced, the first and the last kept."""
+    if len(items) <= k:
+        return items
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, k).round().astype(int))]
 
 
 def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
@@ -248,12 +289,15 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
     (``sparse-eoc train --log-layer-stats``): x is the hidden layer l = 1..L, y (log) the
     mean over the epoch's steps of ||dLoss/dW^l||_2, one line per epoch coloured by
     epoch (at most ``max_epochs`` of them, evenly spaced, first and last kept),
-    geometric mean over the cell's seeds. When ``layer_preact_var`` was logged too, a
-    second row shows the pre-activation variance q^l (epoch 0: at initialisation) against
-    q* (dashed), the fixed point the EoC initialisation targets (THEORY.md 3).
+    geometric mean over the cell's seeds. A failing cell whose runs all diverged in their
+    first epoch has no epoch means; its panel shows instead the norms of each step before
+    the divergence (the runs' ``recent_layer_grad_norm``), one line per step, red. When
+    ``layer_preact_var`` was logged too, a second row shows the pre-activation variance q^l
+    (epoch 0: at initialisation) against q* (dashed), the fixed point the EoC
+    initialisation targets (THEORY.md 3).
 
     Returns:
-        The figure, or None when no run logged ``layer_grad_norm``.
+        The figure, or None when no run logged gradient norms.
 
     Raises:
         ValueError: ``max_epochs`` < 2.
@@ -268,20 +312,28 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
     if any(_has_stat(r, "layer_preact_var") for _, c in picked for r in c.runs):
         stats.append(("layer_preact_var", r"pre-activation variance $q^l$"))
     fig, axes = _figure(len(stats), len(picked), (4.6, 3.3))
-    all_epochs = [e for _, c in picked for key, _ in stats for e in _geo_mean_by_epoch(c.runs, key)]
+    all_epochs = [e for _, c in picked for key, _ in stats for e in _geo_mean_by_epoch(c.runs, key)] or [0, 1]
     norm = Normalize(min(all_epochs), max(max(all_epochs), min(all_epochs) + 1))
     cmap = colormaps["viridis"]
     for ci, (role, cell) in enumerate(picked):
+        by_step = not any(_has_stat(r, "layer_grad_norm") for r in cell.runs)  # diverged in epoch 1
         for si, (key, ylabel) in enumerate(stats):
             ax = axes[si, ci]
-            series = _geo_mean_by_epoch(cell.runs, key)
-            epochs = sorted(series)
-            if len(epochs) > max_epochs:
-                idx = np.unique(np.linspace(0, len(epochs) - 1, max_epochs).round().astype(int))
-                epochs = [epochs[i] for i in idx]
-            for epoch in epochs:
-                v = series[epoch]  # (L,)
-                ax.plot(np.arange(1, len(v) + 1), v, color=cmap(norm(epoch)), marker=".", ms=3, lw=1.1)
+            if key == "layer_grad_norm" and by_step:
+                series = _geo_mean([_steps_before_divergence(r) for r in cell.runs])
+                epochs = _evenly(sorted(series), max_epochs)
+                reds = colormaps["Reds"]
+                for i, step in enumerate(epochs):
+                    v = series[step]  # (L,)
+                    ax.plot(np.arange(1, len(v) + 1), v, color=reds(0.35 + 0.65 * i / max(len(epochs) - 1, 1)),
+                            marker=".", ms=3, lw=1.1, label=f"step {step}")
+                ax.legend(fontsize=7, loc="best", title="steps before divergence", title_fontsize=7)
+            else:
+                series = _geo_mean_by_epoch(cell.runs, key)
+                epochs = _evenly(sorted(series), max_epochs)
+                for epoch in epochs:
+                    v = series[epoch]  # (L,)
+                    ax.plot(np.arange(1, len(v) + 1), v, color=cmap(norm(epoch)), marker=".", ms=3, lw=1.1)
             if key == "layer_preact_var":
                 ax.axhline(cell.runs[0].q_star, color="k", ls="--", lw=1, label="q*")
                 ax.legend(fontsize=7, loc="best")
@@ -295,7 +347,8 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
             if ci == 0:
                 ax.set_ylabel(ylabel)
             if si == 0:
-                n_seeds = sum(_has_stat(r, key) for r in cell.runs)
+                n_seeds = sum(bool(_steps_before_divergence(r)) if by_step else _has_stat(r, key)
+                              for r in cell.runs)
                 acc = _pm(cell.row["test_accuracy_mean"], cell.row["test_accuracy_std"]) or "n/a"
                 head = f"{role}: " if role else ""
                 ax.set_title(_wrap(f"{head}{cell.label()} ({cell.settings['model'].upper()})") +

@@ -226,6 +226,9 @@ class SparseEngine:
         self._ms = np.array([m] * (n_layers - 1) + [math.inf], dtype=np.float32)
         self.strategy = strategy
         self._codes = self._check_strategy(strategy, n_layers)
+        # Batch 1 runs every layer as a gather under auto (no batch to share rows across),
+        # in one kernel without per-layer choices; explicit other strategies keep their kernels.
+        self._single_ok = bool(np.all((self._codes == AUTO) | (self._codes == GATHER)))
         self.threads = check_int("threads", threads)
         self.tile_bytes = check_int("tile_bytes", tile_bytes, minimum=1024)
         self.cost = CostModel() if cost is None else cost
@@ -401,6 +404,10 @@ class SparseEngine:
             self._typed = (wts, biases)
         wts, biases = self._typed
         stats = np.zeros((len(self._wts), 4), dtype=np.int64)
+        if x.shape[0] == 1 and self.threads == 1 and self._single_ok:
+            # Batch 1 on one thread: the whole-network gather kernel, nothing chosen per layer.
+            return k.forward_single(x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, skip,
+                                    stats), stats
         args = (x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
         if self.threads == 1:
             logits = k.forward_serial(*args, 1, self.tile_bytes, stats)

@@ -5,7 +5,13 @@ falls back to its NumPy path otherwise. One call of :func:`forward_serial` (or
 :func:`forward_parallel`) runs every layer
 (no Python between layers), for each layer: count the nonzero inputs and the union,
 pick a strategy (:mod:`sparse_eoc.infer.plan`), multiply, add the bias and apply the
-activation in the same pass over the output tile.
+activation in the same pass over the output tile. :func:`forward_single` is the batch-1
+latency path: every layer a gather, with no per-layer counting, choice or allocation.
+
+Weight rows are read in groups of four, and the rows ``PREFETCH_AHEAD`` further on are
+prefetched meanwhile (a software prefetch hint): the hardware prefetcher follows a row once
+it has started, but cannot guess which row comes next, and a narrow layer's rows are short
+(1.2 KB at width 300), so without the hint every row begins with a cache miss.
 
 Layouts: activations ``a`` are (B, N_in) float32 row-major; weights ``wt`` = W^T are
 (N_in, N_out) float32 row-major, so ``wt[j]`` is the contiguous row of the weights
@@ -21,11 +27,15 @@ reordered across rows beyond the fixed groups of four below, so results are dete
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from sparse_eoc.infer.plan import AUTO, CSR, DENSE, GATHER, UNION, _cost
 
-__all__ = ["forward_serial", "forward_parallel", "ACT_ONE_SIDED", "ACT_TWO_SIDED", "ACT_IDENTITY"]
+__all__ = ["forward_single", "forward_serial", "forward_parallel", "ACT_ONE_SIDED", "ACT_TWO_SIDED", "ACT_IDENTITY"]
 
 #: Activation kinds: min(max(v, 0), m) after the threshold is folded into the bias
 #: (relu_tau, crelu); sign(v) min(max(|v| - tau, 0), m) (st_tau, cst); none (readout).
@@ -33,12 +43,16 @@ ACT_ONE_SIDED, ACT_TWO_SIDED, ACT_IDENTITY = 0, 1, 2
 
 _FASTMATH = {"contract"}
 _U = np.uint64
+PREFETCH_AHEAD = 8  # rows: prefetch two groups of four ahead of the adds
+PREFETCH_FLOATS = 320  # of each upcoming row: 20 cache lines, a whole width-300 row
 _cost_nb = njit(cache=True)(_cost)
 
 
 @njit(cache=True)
 def _choose(batch, n_in, n_out, nnz, n_union, costs):
     """:func:`sparse_eoc.infer.plan.choose_strategy`, compiled (same order of ties)."""
+    if batch == 1:
+        return GATHER
     b, i, o, z, u = float(batch), float(n_in), float(n_out), float(nnz), float(n_union)
     best = GATHER
     best_cost = _cost_nb(GATHER, b, i, o, z, u, costs)
@@ -87,6 +101,36 @@ def _group1(yf, wf, yoff, o0, v0, n):
         yf[_U(yoff + c)] += v0 * wf[_U(o0 + c)]
 
 
+# The intrinsic's name carries its pointer type: "p0" since LLVM 17 (opaque pointers only),
+# "p0i8" before (numba 0.60 and 0.61 bundle LLVM 14 and 15).
+_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch(typingctx, arr, offset):
+    """Hint the CPU to fetch the cache line of arr[offset] (llvm.prefetch: read, keep in all levels)."""
+    sig = types.void(arr, offset)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            _PREFETCH_NAME)
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _prefetch_rows(wf, n_out, idx, k, q, c0, n):
+    """Prefetch the first PREFETCH_FLOATS of rows idx[k:k+4] (those that exist), columns from c0."""
+    for r in range(k, min(k + 4, q)):
+        base = idx[r] * n_out + c0
+        for c in range(0, min(n, PREFETCH_FLOATS), 16):
+            _prefetch(wf, _U(base + c))
+
+
 @njit(cache=True)
 def _axpy_rows(yf, yoff, wf, n_out, idx, vals, p, q, c0, c1):
     """y[c0:c1] += sum_{k in p..q-1} vals[k] W^T[idx[k], c0:c1], rows in groups of four.
@@ -96,7 +140,10 @@ def _axpy_rows(yf, yoff, wf, n_out, idx, vals, p, q, c0, c1):
     n = c1 - c0
     yo = yoff + c0
     k = p
+    for r in range(k, min(k + PREFETCH_AHEAD, q), 4):
+        _prefetch_rows(wf, n_out, idx, r, q, c0, n)
     while k + 4 <= q:
+        _prefetch_rows(wf, n_out, idx, k + PREFETCH_AHEAD, q, c0, n)  # rows further on, while these add
         _group4(yf, wf, yo, idx[k] * n_out + c0, idx[k + 1] * n_out + c0, idx[k + 2] * n_out + c0,
                 idx[k + 3] * n_out + c0, vals[k], vals[k + 1], vals[k + 2], vals[k + 3], n)
         k += 4
@@ -286,6 +333,76 @@ def _shift(x, offset):
         for j in range(x.shape[1]):
             a[b, j] = x[b, j] - offset[j]
     return a
+
+
+@njit(cache=True)
+def _act_compact(y, n_out, kind, tau, m, skip, idx, vals):
+    """y = phi(y) over y[:n_out] (the bias already in); its nonzeros (every entry when not ``skip``) go to
+    idx/vals in ascending order. Returns (rows kept, nonzeros).
+
+    Branch-free compaction: each entry is written at the next free slot, which advances only
+    for a kept entry (a 15 %-dense output would mispredict a branch at every kept entry).
+    """
+    k = 0
+    nnz = 0
+    for c in range(n_out):
+        v = _act(y[c], kind, tau, m)
+        y[c] = v
+        nz = v != 0  # NaN is nonzero: it propagates, as in the dense forward
+        idx[k] = c
+        vals[k] = v
+        k += 1 if (nz or not skip) else 0
+        nnz += nz
+    return k, nnz
+
+
+@njit(cache=True)
+def forward_single(x, offset, wts, biases, kinds, taus, ms, skip, stats):
+    """Logits (1, N_L+1) of one example x (1, N_0): the batch-1 path, one thread.
+
+    The latency case has no batch to share rows across, so every layer is a gather and
+    nothing is decided per layer: the activation pass of layer l writes the nonzero list
+    (idx, vals) that layer l + 1 reads, into buffers allocated once per call. Per layer
+    that is one pass over the output (bias, phi, compaction) plus one contiguous row of
+    W^T per nonzero input, added in the same groups of four as the ``gather`` strategy,
+    so the result is bit-identical to ``forward_serial`` with ``gather``.
+
+    ``stats`` (L + 1, 4) int64 gets (GATHER, nnz, nnz, multiply-adds) per layer, as in
+    ``_layer``; ``skip=False`` is the dense-own baseline (every row read).
+    """
+    n_layers = len(wts)
+    width = x.shape[1]
+    for layer in range(n_layers):
+        width = max(width, wts[layer].shape[1])
+    idx = np.empty(width, np.int64)
+    vals = np.empty(width, np.float32)
+    y = np.empty(width, np.float32)
+    n_in = x.shape[1]
+    k = 0
+    nnz = 0
+    for j in range(n_in):  # the first layer's input x - offset, compacted
+        v = x[0, j] - offset[j]
+        nz = v != 0
+        idx[k] = j
+        vals[k] = v
+        k += 1 if (nz or not skip) else 0
+        nnz += nz
+    for layer in range(n_layers):
+        wt = wts[layer]
+        n_out = wt.shape[1]
+        bias = biases[layer]
+        for c in range(n_out):
+            y[c] = bias[c]
+        _axpy_rows(y, 0, wt.reshape(wt.size), n_out, idx, vals, 0, k, 0, n_out)
+        stats[layer, 0] = GATHER
+        stats[layer, 1] = nnz
+        stats[layer, 2] = nnz
+        stats[layer, 3] = k * n_out
+        k, nnz = _act_compact(y, n_out, kinds[layer], taus[layer], ms[layer], skip, idx, vals)
+    out = np.empty((1, wts[n_layers - 1].shape[1]), np.float32)
+    for c in range(out.shape[1]):
+        out[0, c] = y[c]
+    return out
 
 
 # Logits (B, N_out of the last layer) of inputs x (B, N_0), float32, in one call:

@@ -20,7 +20,7 @@ Strategies (all exact; they differ only in the order of float32 additions):
   union row read from memory once. Best for larger batches.
 
 ``auto`` picks per layer and per call, from the measured nnz and |U|, the strategy with
-the lowest predicted time under :class:`CostModel`. NumPy only: no torch, no numba (the
+the lowest predicted time under :class:`CostModel`; at batch 1 it is always ``gather``. NumPy only: no torch, no numba (the
 numba kernels compile :func:`choose_strategy` as it is).
 """
 
@@ -129,8 +129,13 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
 
     Returns:
         One of DENSE, GATHER, UNION, CSR; ties go to the earlier of gather, csr, union, dense
-        (the numba kernels repeat this choice over the same :func:`_cost`).
+        (the numba kernels repeat this choice over the same :func:`_cost`). Batch 1 is
+        always GATHER: with no batch to share rows across, the numba engine runs the whole
+        network as one gather kernel and chooses nothing per layer (for a fully dense input
+        that is the dense product as row updates).
     """
+    if batch == 1:
+        return GATHER
     b, i, o, z, u = float(batch), float(n_in), float(n_out), float(nnz), float(n_union)
     best = GATHER
     best_cost = _cost(GATHER, b, i, o, z, u, costs)

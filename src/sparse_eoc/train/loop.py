@@ -15,6 +15,7 @@ probe batch (:func:`layer_preact_var`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -31,6 +32,7 @@ from sparse_eoc.nn import SparsityMeter
 __all__ = ["EpochMetrics", "Divergence", "LR_SCHEDULES", "PROBE_SIZE", "evaluate", "train_epoch", "fit",
            "make_optimizer", "make_scheduler", "param_groups", "layer_preact_var", "metrics_to_dict"]
 
+RECENT_STEPS = 20  # the steps before a divergence whose losses (and grad norms) it keeps
 PROBE_SIZE = 256  # the probe batch of the per-layer diagnostics: the first 256 test examples
 
 
@@ -93,6 +95,10 @@ class Divergence:
     recent_losses: list[float] = field(default_factory=list)  # the finite losses before it
     partial_train_loss: float | None = None  # mean finite loss of that epoch's steps before it
     partial_train_sparsity: list[float] | None = None  # per-layer zeros of that epoch's forwards
+    # With layer statistics on: ||dLoss/dW^l||_2 of the L hidden layers at each of the last
+    # RECENT_STEPS steps before it, oldest first, (steps, L); the blow-up as it happened.
+    recent_layer_grad_norm: list[list[float]] | None = None
+    recent_steps: list[int] | None = None  # their 1-based step numbers within the epoch
 
 
 def make_optimizer(name: str, params, *, lr: float, momentum: float, weight_decay: float):
@@ -221,7 +227,8 @@ def train_epoch(
             ``F.cross_entropy(..., label_smoothing=epsilon)`` (0: plain cross-entropy).
         grad_norm_sum: a float64 tensor of shape (L,) on the model's device, or None;
             each optimiser step adds ||dLoss/dW^l||_2 of the L hidden layers
-            (``model.hidden``) to it, on the device (no host sync).
+            (``model.hidden``) to it, on the device (no host sync); the last
+            RECENT_STEPS of them go into a divergence's ``recent_layer_grad_norm``.
 
     Returns:
         (mean train loss, train accuracy, Divergence or None). On divergence, the
@@ -234,6 +241,7 @@ def train_epoch(
     losses: list[float] = []
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     seen = 0
+    recent_norms: collections.deque = collections.deque(maxlen=RECENT_STEPS)  # (L,) tensors, on the device
     with _metering(model, meter):
         for step, start in enumerate(bar, 1):
             idx = perm[start : start + batch_size]
@@ -244,14 +252,18 @@ def train_epoch(
             loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
             value = loss.item()  # one sync per step: the divergence check and the bar need it
             if not math.isfinite(value):
-                div = Divergence(epoch, step, value, losses[-20:], partial_train_loss=_mean(losses))
+                div = Divergence(epoch, step, value, losses[-RECENT_STEPS:], partial_train_loss=_mean(losses))
+                if recent_norms:
+                    div.recent_layer_grad_norm = torch.stack(list(recent_norms)).tolist()  # (steps, L)
+                    div.recent_steps = list(range(step - len(recent_norms), step))
                 return _mean(losses), correct.item() / max(seen, 1), div
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_norm_sum is not None:
-                grad_norm_sum += torch.stack(
-                    [torch.linalg.vector_norm(layer.weight.grad) for layer in model.hidden]
-                ).double()  # (L,)
+                norms = torch.stack([torch.linalg.vector_norm(layer.weight.grad, dtype=torch.float64)
+                                     for layer in model.hidden])  # (L,); float64: no overflow as it blows up
+                grad_norm_sum += norms
+                recent_norms.append(norms)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()

@@ -9,9 +9,11 @@ A run directory ``RUN`` holds::
                        log_layer_stats also layer_grad_norm and layer_preact_var
     result.json        status (completed | diverged), final metrics, wall time; a diverged run
                        records where (epoch, step), its last finite losses and the partial
-                       epoch's loss and per-layer sparsity; its final metrics are those of
-                       the last completed epoch (null if none); with log_layer_stats also
-                       init_layer_preact_var (the pre-activation variances at init)
+                       epoch's loss and per-layer sparsity (with log_layer_stats also the
+                       per-layer gradient norms of its last steps, recent_layer_grad_norm
+                       at recent_steps); its final metrics are those of the last completed
+                       epoch (null if none); with log_layer_stats also init_layer_preact_var
+                       (the pre-activation variances at init)
     model.safetensors  the trained weights (load_run rebuilds the model from config.json);
                        for a diverged run, those of its last completed epoch (absent if none)
     checkpoint.pt      while the run is unfinished: the state after its last completed
@@ -315,12 +317,23 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[Sparse
 
     Raises:
         FileNotFoundError: if ``config.json`` or ``model.safetensors`` is missing.
+        ValueError: if ``config.json`` is not valid JSON or lacks the ``network`` section the
+            model is rebuilt from, or if ``model.safetensors`` is corrupt or holds weights of
+            another shape (each names the file).
     """
     run = Path(run_dir)
     for name in ("config.json", MODEL_FILE):
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run / name}: not found (is {run} a sparse-eoc run directory?)")
-    config = json.loads((run / "config.json").read_text())
-    model = _build_model(config["network"])
-    model.load_state_dict(load_file(str(run / MODEL_FILE)))
+    try:
+        config = json.loads((run / "config.json").read_text())
+        model = _build_model(config["network"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{run / 'config.json'}: cannot rebuild the model: the run's config must be JSON with a "
+                         f"'network' section naming the architecture ({type(err).__name__}: {err})") from err
+    try:
+        model.load_state_dict(load_file(str(run / MODEL_FILE)))
+    except Exception as err:  # safetensors' own error type for a corrupt file; RuntimeError for a mismatch
+        raise ValueError(f"{run / MODEL_FILE}: corrupt or not the weights of the network in config.json "
+                         f"({type(err).__name__}: {err})") from err
     return model.to(resolve_device(device)).eval(), config
