@@ -485,8 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "numba", "numpy"], default="auto", help="engine backend")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     p.add_argument("--cache", choices=["cold", "warm"], default="cold",
-                   help="cold (default): each timed call follows the other methods' calls; warm: it follows an "
-                        "untimed call of the same method (steady-state serving latency)")
+                   help="cold (default): the caches are flushed before each timed call (weights from memory); "
+                        "warm: each timed call follows an untimed call of the same method (steady-state serving)")
     p.add_argument("--out", help="also write the rows as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON array (the table goes to stderr)")
     p.set_defaults(func=_bench_inference_command)

@@ -276,20 +276,24 @@ def test_layer_stats_figure_is_the_geometric_mean_over_seeds(tmp_path):
 
 
 def test_a_failing_cell_that_diverged_at_once_shows_its_steps_before_the_divergence(tmp_path):
-    for seed, steps in ((0, {1: [1.0, 1.0, 1.0, 1.0], 2: [4.0, 1e2, 1e4, None]}), (1, {1: [4.0, 4.0, 4.0, 4.0]})):
+    # write_run's divergences happen at step 7: steps 5 and 6 are 2 and 1 steps before it
+    for seed, steps in ((0, {5: [1.0, 1.0, 1.0, 1.0], 6: [4.0, 1e2, 1e4, None]}), (1, {6: [4.0, 4.0, 4.0, 4.0]})):
         write_run(tmp_path, f"rt-{seed}", activation="relu_tau", sparsity=0.7, seed=seed, status="diverged",
                   steps_before_divergence=steps)
     write_run(tmp_path, "st", activation="st_tau", sparsity=0.9, status="diverged",
-              steps_before_divergence={1: [1.0] * DEPTH})  # as failing, but seen for fewer steps
+              steps_before_divergence={6: [1.0] * DEPTH})  # as failing, but seen for fewer steps
     write_run(tmp_path, "good", activation="crelu", sparsity=0.85, slope=0.7, accs=[0.8, 0.9],
               grad_norms=[[1.0] * DEPTH, [2.0] * DEPTH])
     fig = draw_layer_stats(load_runs(tmp_path))
     failing = next(a for a in fig.axes if a.get_title().startswith("failing"))
+    healthy = next(a for a in fig.axes if a.get_title().startswith("healthy"))
     assert "ReLU" in failing.get_title() and "2 seed(s)" in failing.get_title()
-    assert [t.get_text() for t in failing.get_legend().get_texts()] == ["step 1", "step 2"]
-    step1, step2 = (line.get_ydata() for line in failing.get_lines())
-    assert list(step1) == pytest.approx([2.0] * DEPTH)  # geometric mean of 1 and 4
-    assert list(step2[:3]) == pytest.approx([4.0, 1e2, 1e4]) and np.isnan(step2[3])  # seed 0 alone; null: overflowed
+    assert [t.get_text() for t in failing.get_legend().get_texts()] == ["2 steps before", "1 step before"]
+    assert "one step" in failing.get_ylabel() and "epoch mean" in healthy.get_ylabel()
+    two, one = (line.get_ydata() for line in failing.get_lines())
+    assert list(two) == pytest.approx([1.0] * DEPTH)  # seed 0 alone
+    assert list(one) == pytest.approx([4.0, 20.0, 200.0, 4.0])  # geometric means; null (overflow) left out
+    assert len(fig.axes) == 3  # 1 stat x 2 cells + the colour bar of the healthy cell's epochs
 
 
 def test_report_skips_the_layer_stats_figure_when_not_logged(sweep, tmp_path):

@@ -199,12 +199,15 @@ def _has_stat(run: Run, key: str) -> bool:
 
 
 def _steps_before_divergence(run: Run) -> dict[int, np.ndarray]:
-    """{step: ||dLoss/dW^l||_2 per layer, (L,)} of the steps a diverged run logged before it blew up."""
+    """{-k: ||dLoss/dW^l||_2 per layer, (L,)} of the steps a diverged run logged before it blew
+    up, keyed by their distance to the divergence (-1: the last step before it), so that seeds
+    that diverge at different steps line up."""
     div = (run.result or {}).get("diverged") or {}
-    norms, steps = div.get("recent_layer_grad_norm"), div.get("recent_steps")
-    if not (isinstance(norms, list) and isinstance(steps, list) and len(norms) == len(steps)):
+    norms, steps, at = div.get("recent_layer_grad_norm"), div.get("recent_steps"), div.get("step")
+    if not (isinstance(norms, list) and isinstance(steps, list) and len(norms) == len(steps)
+            and isinstance(at, int)):
         return {}
-    return {int(step): _floats(v) for step, v in zip(steps, norms)}
+    return {int(step) - at: _floats(v) for step, v in zip(steps, norms)}
 
 
 def _floats(values: Sequence) -> np.ndarray:
@@ -252,8 +255,9 @@ def _pick_stat_cells(cells: Sequence[_Cell]) -> list[tuple[str, _Cell]]:
     """The failing and the healthy cell among those with logged gradient norms.
 
     Failing: the lowest mean accuracy; among equals (e.g. cells whose runs all diverged, at
-    chance) the one with the most logged epochs and steps, the blow-up seen for longest,
-    then the lowest sparsity. Healthy: the highest accuracy of the rest, then the highest s.
+    chance) the one with the most records (a run with per-epoch statistics counts one, a
+    diverged run one per logged step: the blow-up seen for longest), then the lowest
+    sparsity. Healthy: the highest accuracy of the rest, then the highest s.
     """
     def logged(c):
         return sum(_has_stat(r, "layer_grad_norm") + len(_steps_before_divergence(r)) for r in c.runs)
@@ -291,7 +295,8 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
     epoch (at most ``max_epochs`` of them, evenly spaced, first and last kept),
     geometric mean over the cell's seeds. A failing cell whose runs all diverged in their
     first epoch has no epoch means; its panel shows instead the norms of each step before
-    the divergence (the runs' ``recent_layer_grad_norm``), one line per step, red. When
+    the divergence (the runs' ``recent_layer_grad_norm``), one line per step counted back
+    from the divergence, red. When
     ``layer_preact_var`` was logged too, a second row shows the pre-activation variance q^l
     (epoch 0: at initialisation) against q* (dashed), the fixed point the EoC
     initialisation targets (THEORY.md 3).
@@ -312,8 +317,11 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
     if any(_has_stat(r, "layer_preact_var") for _, c in picked for r in c.runs):
         stats.append(("layer_preact_var", r"pre-activation variance $q^l$"))
     fig, axes = _figure(len(stats), len(picked), (4.6, 3.3))
-    all_epochs = [e for _, c in picked for key, _ in stats for e in _geo_mean_by_epoch(c.runs, key)] or [0, 1]
+    all_epochs = [e for _, c in picked for key, _ in stats for e in _geo_mean_by_epoch(c.runs, key)]
+    has_epochs = bool(all_epochs)
+    all_epochs = all_epochs or [0, 1]
     norm = Normalize(min(all_epochs), max(max(all_epochs), min(all_epochs) + 1))
+    by_step_first = not any(_has_stat(r, "layer_grad_norm") for r in picked[0][1].runs)
     cmap = colormaps["viridis"]
     for ci, (role, cell) in enumerate(picked):
         by_step = not any(_has_stat(r, "layer_grad_norm") for r in cell.runs)  # diverged in epoch 1
@@ -326,8 +334,8 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
                 for i, step in enumerate(epochs):
                     v = series[step]  # (L,)
                     ax.plot(np.arange(1, len(v) + 1), v, color=reds(0.35 + 0.65 * i / max(len(epochs) - 1, 1)),
-                            marker=".", ms=3, lw=1.1, label=f"step {step}")
-                ax.legend(fontsize=7, loc="best", title="steps before divergence", title_fontsize=7)
+                            marker=".", ms=3, lw=1.1, label=f"{-step} step{'s' if step < -1 else ''} before")
+                ax.legend(fontsize=7, loc="best", title="before the divergence", title_fontsize=7)
             else:
                 series = _geo_mean_by_epoch(cell.runs, key)
                 epochs = _evenly(sorted(series), max_epochs)
@@ -344,7 +352,9 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
             ax.set_xlabel("hidden layer l")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3, which="both")
-            if ci == 0:
+            if key == "layer_grad_norm" and by_step:
+                ax.set_ylabel(r"$\|\partial \mathrm{Loss} / \partial W^l\|_2$ (one step)")
+            elif ci == 0 or (by_step_first and key == "layer_grad_norm"):
                 ax.set_ylabel(ylabel)
             if si == 0:
                 n_seeds = sum(bool(_steps_before_divergence(r)) if by_step else _has_stat(r, key)
@@ -353,7 +363,8 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
                 head = f"{role}: " if role else ""
                 ax.set_title(_wrap(f"{head}{cell.label()} ({cell.settings['model'].upper()})") +
                              f"\ntest acc {acc}; geometric mean of {n_seeds} seed(s)", fontsize=9)
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="epoch (0: at initialisation)"
-                       if 0 in all_epochs else "epoch", shrink=0.9)
-    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if has_epochs:
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="epoch (0: at initialisation)"
+                           if 0 in all_epochs else "epoch", shrink=0.9)
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return fig

@@ -152,8 +152,9 @@ class SparseEngine:
         input_offset: None, a float, or (N_0,) floats c: the first layer computes
             (x - c) W^T + (b + c W^T), exact zeros wherever x equals c (see the module docstring).
         strategy: ``auto`` (per layer and call, from the measured sparsity, see
-            :mod:`sparse_eoc.infer.plan`), ``dense``, ``gather``, ``union`` or ``csr``; or a
-            sequence of L + 1 of these, one per layer.
+            :mod:`sparse_eoc.infer.plan`; ``gather`` at batch 1, where with numba and one
+            thread the whole network runs as one gather kernel), ``dense``, ``gather``,
+            ``union`` or ``csr``; or a sequence of L + 1 of these, one per layer.
         threads: CPU threads of the numba kernels, >= 1 (1: the serial kernel; more: column
             tiles across threads). BLAS products (``dense``, ``union``) use the BLAS library's
             own threads; the NumPy backend uses only those.
@@ -363,8 +364,8 @@ class SparseEngine:
             x: inputs, NumPy array or torch tensor, shape (B, N_0) or (B, *) with
                 prod(*) = N_0 (e.g. (B, 1, 28, 28)); converted to float32.
             skip_zeros: False runs the dense-own baseline: the same strategies (``auto``
-                decides on the measured sparsity as usual) with every input treated as
-                nonzero, i.e. the same kernels without skipping.
+                decides on the measured sparsity as usual; at batch 1 it is ``gather``) with
+                every input treated as nonzero, i.e. the same kernels without skipping.
 
         Returns:
             Logits (B, num_classes), float32: a NumPy array, or a CPU torch tensor when
@@ -445,7 +446,8 @@ class SparseEngine:
                 y = np.empty((batch, n_out), np.float32)
                 for b in range(batch):
                     rows = np.flatnonzero(nonzero[b])  # example b's nonzero inputs
-                    y[b] = a[b, rows] @ wt[rows]  # (n_b,) @ (n_b, N_out)
+                    # every row: the product itself, not a copy of W^T first
+                    y[b] = a[b] @ wt if len(rows) == n_in else a[b, rows] @ wt[rows]  # (n_b,) @ (n_b, N_out)
                 macs = int(nonzero.sum()) * n_out
             elif s == UNION:
                 rows = np.flatnonzero(in_union)  # U

@@ -44,7 +44,7 @@ ACT_ONE_SIDED, ACT_TWO_SIDED, ACT_IDENTITY = 0, 1, 2
 _FASTMATH = {"contract"}
 _U = np.uint64
 PREFETCH_AHEAD = 8  # rows: prefetch two groups of four ahead of the adds
-PREFETCH_FLOATS = 320  # of each upcoming row: 20 cache lines, a whole width-300 row
+PREFETCH_FLOATS = 320  # of each upcoming row: a whole width-300 row (1200 bytes)
 _cost_nb = njit(cache=True)(_cost)
 
 
@@ -124,11 +124,18 @@ def _prefetch(typingctx, arr, offset):
 
 @njit(inline="always")
 def _prefetch_rows(wf, n_out, idx, k, q, c0, n):
-    """Prefetch the first PREFETCH_FLOATS of rows idx[k:k+4] (those that exist), columns from c0."""
+    """Prefetch the first PREFETCH_FLOATS of rows idx[k:k+4] (those that exist), columns from c0.
+
+    One hint per 16 floats (a 64-byte line) and one at the last float: rows need not start
+    on a line boundary, so their last line may begin less than 16 floats from the end.
+    """
+    span = min(n, PREFETCH_FLOATS)
     for r in range(k, min(k + 4, q)):
         base = idx[r] * n_out + c0
-        for c in range(0, min(n, PREFETCH_FLOATS), 16):
+        for c in range(0, span, 16):
             _prefetch(wf, _U(base + c))
+        if span > 0:
+            _prefetch(wf, _U(base + span - 1))
 
 
 @njit(cache=True)
