@@ -15,7 +15,7 @@
     sparse-eoc experiments
     sparse-eoc infer     --run RUN --data-dir DIR [--batch-size B] [--strategy S] [--threads T] [--json]
     sparse-eoc bench-inference --data-dir DIR [--widths 300,1024,4096] [--batches 1,8,64]
-                         [--sparsities 0.5,0.7,0.85,0.9] [--repeats R] [--threads T] [--cache cold|warm]
+                         [--sparsities 0.5,0.7,0.85,0.9] [--repeats R] [--threads T] [--cache warm|cold]
                          [--json] [--out FILE]
 """
 
@@ -484,9 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto", help="engine strategy (default auto)")
     p.add_argument("--backend", choices=["auto", "numba", "numpy"], default="auto", help="engine backend")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
-    p.add_argument("--cache", choices=["cold", "warm"], default="cold",
-                   help="cold (default): the caches are flushed before each timed call (weights from memory); "
-                        "warm: each timed call follows an untimed call of the same method (steady-state serving)")
+    p.add_argument("--cache", choices=["warm", "cold"], default="warm",
+                   help="warm (default): each timed call follows an untimed call of the same method (steady-state "
+                        "serving); cold: the caches are flushed before each timed call (weights from memory)")
     p.add_argument("--out", help="also write the rows as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON array (the table goes to stderr)")
     p.set_defaults(func=_bench_inference_command)
