@@ -321,10 +321,11 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
     has_epochs = bool(all_epochs)
     all_epochs = all_epochs or [0, 1]
     norm = Normalize(min(all_epochs), max(max(all_epochs), min(all_epochs) + 1))
-    by_step_first = not any(_has_stat(r, "layer_grad_norm") for r in picked[0][1].runs)
+    # a cell with no epoch of gradient norms (its runs diverged in epoch 1) is drawn by step
+    steps_only = [not any(_has_stat(r, "layer_grad_norm") for r in cell.runs) for _, cell in picked]
     cmap = colormaps["viridis"]
     for ci, (role, cell) in enumerate(picked):
-        by_step = not any(_has_stat(r, "layer_grad_norm") for r in cell.runs)  # diverged in epoch 1
+        by_step = steps_only[ci]
         for si, (key, ylabel) in enumerate(stats):
             ax = axes[si, ci]
             if key == "layer_grad_norm" and by_step:
@@ -354,7 +355,7 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
             ax.grid(alpha=0.3, which="both")
             if key == "layer_grad_norm" and by_step:
                 ax.set_ylabel(r"$\|\partial \mathrm{Loss} / \partial W^l\|_2$ (one step)")
-            elif ci == 0 or (by_step_first and key == "layer_grad_norm"):
+            elif ci == 0 or (steps_only[0] and key == "layer_grad_norm"):
                 ax.set_ylabel(ylabel)
             if si == 0:
                 n_seeds = sum(bool(_steps_before_divergence(r)) if by_step else _has_stat(r, key)

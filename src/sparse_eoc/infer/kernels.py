@@ -385,15 +385,9 @@ def forward_single(x, offset, wts, biases, kinds, taus, ms, skip, stats):
     vals = np.empty(width, np.float32)
     y = np.empty(width, np.float32)
     n_in = x.shape[1]
-    k = 0
-    nnz = 0
-    for j in range(n_in):  # the first layer's input x - offset, compacted
-        v = x[0, j] - offset[j]
-        nz = v != 0
-        idx[k] = j
-        vals[k] = v
-        k += 1 if (nz or not skip) else 0
-        nnz += nz
+    for j in range(n_in):  # the first layer's input x - offset, compacted like any layer's output
+        y[j] = x[0, j] - offset[j]
+    k, nnz = _act_compact(y, n_in, ACT_IDENTITY, taus[0], ms[0], skip, idx, vals)
     for layer in range(n_layers):
         wt = wts[layer]
         n_out = wt.shape[1]
