@@ -127,7 +127,7 @@ def _rho_list(text: str) -> list[float]:
 def _propagate_command(args: argparse.Namespace) -> int:
     import torch
 
-    from sparse_eoc.nn.propagate import propagate
+    from sparse_eoc.experiments.propagate import propagate
 
     inputs = None
     if args.data_dir:

@@ -316,7 +316,7 @@ def draw_propagation(
     median first passes 1e30; inset: the clipped ones on a linear scale. Right: the
     fraction of exact zeros per layer. Defaults: the paper's depth 100, width 300.
     """
-    from sparse_eoc.nn.propagate import BLOW_UP, propagate  # torch only for this figure
+    from sparse_eoc.experiments.propagate import BLOW_UP, propagate  # torch only for this figure
 
     fig, axes = _figure(WIDE, 1, 2, gridspec_kw=dict(width_ratios=(1.3, 1)))
     ax_q, ax_s = axes[0]

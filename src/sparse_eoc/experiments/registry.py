@@ -32,8 +32,8 @@ from types import MappingProxyType
 from typing import Any
 
 from sparse_eoc.activations import canonical_name, get_activation
-from sparse_eoc.train.config import TrainConfig
-from sparse_eoc.train.presets import get_preset
+from sparse_eoc.runs.config import TrainConfig
+from sparse_eoc.runs.presets import get_preset
 
 __all__ = [
     "Grid",

@@ -23,10 +23,9 @@ from sparse_eoc.nn.activations import SparseActivation, make_activation
 from sparse_eoc.checks import check_int
 from sparse_eoc.nn.mlp import forward_hidden, plain_hidden_states
 from sparse_eoc.nn.sparsity import SparsityMeter
+from sparse_eoc.runs.config import PADDING_MODES
 
 __all__ = ["SparseCNN", "PADDING_MODES"]
-
-PADDING_MODES = ("zeros", "circular")
 
 
 class SparseCNN(nn.Module):

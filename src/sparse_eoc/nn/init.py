@@ -17,10 +17,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["eoc_normal_", "delta_orthogonal_", "init_eoc_", "input_weight_variance", "WEIGHT_INITS"]
+from sparse_eoc.runs.config import WEIGHT_INITS
 
-#: Weight initialisations of :func:`init_eoc_`.
-WEIGHT_INITS = ("gaussian", "delta_orthogonal")
+__all__ = ["eoc_normal_", "delta_orthogonal_", "init_eoc_", "input_weight_variance", "WEIGHT_INITS"]
 
 
 def _check_variances(sigma_w2: float, sigma_b2: float, prefix: str = "") -> tuple[float, float]:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sparse_eoc.nn import SparsityMeter
+from sparse_eoc.runs.config import LR_SCHEDULES
 
 __all__ = ["EpochMetrics", "Divergence", "LR_SCHEDULES", "PROBE_SIZE", "evaluate", "train_epoch", "fit",
            "make_optimizer", "make_scheduler", "param_groups", "layer_preact_var", "metrics_to_dict"]
@@ -110,8 +111,6 @@ def make_optimizer(name: str, params, *, lr: float, momentum: float, weight_deca
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be sgd or adam, got {name!r}")
 
-
-LR_SCHEDULES = ("none", "cosine")
 
 
 def param_groups(model, readout_lr_scale: float, lr: float) -> list[dict]:

@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from sparse_eoc import __version__
 from sparse_eoc.data import load_image_dataset
-from sparse_eoc.data.augment import random_crop_flip
+from sparse_eoc.train.augment import random_crop_flip
 from sparse_eoc.gp import check_clip, fixed_points, solve_eoc
 from sparse_eoc.jsonio import append_jsonl, json_line, to_json_safe, write_json, write_text_atomic
 from sparse_eoc.nn import SparseMLP, init_eoc_, input_weight_variance
@@ -56,7 +56,7 @@ from sparse_eoc.train.checkpoint import (
     save_checkpoint,
     settings_differences,
 )
-from sparse_eoc.train.config import TrainConfig
+from sparse_eoc.runs.config import TrainConfig
 from sparse_eoc.train.loop import PROBE_SIZE, EpochMetrics, fit, layer_preact_var, make_optimizer, \
     make_scheduler, metrics_to_dict, param_groups
 

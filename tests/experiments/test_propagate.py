@@ -13,7 +13,7 @@ import torch
 
 from sparse_eoc.gp import solve_eoc, sparsity_from_tau
 from sparse_eoc.nn import SparseMLP, init_eoc_, input_weight_variance
-from sparse_eoc.nn.propagate import propagate
+from sparse_eoc.experiments.propagate import propagate
 
 DEPTH, WIDTH, SEEDS, BATCH = 100, 300, 5, 64
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparse_eoc.data.augment import random_crop_flip
+from sparse_eoc.train.augment import random_crop_flip
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
