@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["to_json_safe", "write_text_atomic", "write_json", "json_line", "append_jsonl"]
+__all__ = ["to_json_safe", "write_atomic", "write_text_atomic", "write_json", "json_line", "append_jsonl"]
 
 
 def to_json_safe(value: Any) -> Any:
@@ -28,12 +29,37 @@ def to_json_safe(value: Any) -> Any:
     return value
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """Have ``write(tmp)`` write a temporary file next to ``path``, then rename it over ``path``.
+
+    A kill leaves the old file or the new one, never half of one. If ``write`` fails (the
+    disk is full, say) the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        OSError: the write or the rename failed; the message names ``path`` and the cause
+            (writers that report a full disk as another exception type, such as torch's
+            and safetensors', are turned into OSError too).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from err
+        if isinstance(err, Exception):  # torch.save: RuntimeError; safetensors: SafetensorError
+            raise OSError(f"{path}: cannot write ({type(err).__name__}: {err})") from err
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

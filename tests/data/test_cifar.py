@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 
 import numpy as np
@@ -192,6 +193,18 @@ def test_malformed_meta(cifar):
         load_cifar10(parent)
 
 
+@pytest.mark.parametrize("split", ["training", "test"])
+def test_empty_split_is_refused(cifar, split):
+    parent, _ = cifar
+    d = parent / CIFAR10_DIR
+    empty = {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "training" else ["test_batch"]
+    for name in names:
+        write_batch(d / name, empty)
+    with pytest.raises(DataFileError, match=rf"^{d / names[0]}: the {split} split has no images$"):
+        load_cifar10(parent, val_size=1)
+
+
 def test_constant_channel_cannot_be_standardised(tmp_path):
     raw = write_cifar(tmp_path)
     d = tmp_path / CIFAR10_DIR
@@ -201,3 +214,98 @@ def test_constant_channel_cannot_be_standardised(tmp_path):
         write_batch(d / f"data_batch_{i}", {b"data": x, b"labels": Y_OK})
     with pytest.raises(DataFileError, match=r"data_batch_1: channel 1 .*cannot standardise"):
         load_cifar10(tmp_path)
+
+
+# ---------------------------------------------------------------- security: restricted unpickling
+
+
+class OpensFile:
+    """A payload: unpickling it calls ``open(marker, "w")``, creating the marker file."""
+
+    func = open  # pickled as io.open
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+class MakesDir:
+    """A payload: unpickling it calls ``os.mkdir(marker)``, creating the marker directory."""
+
+    func = os.mkdir  # pickled as posix.mkdir
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("payload", [OpensFile, MakesDir], ids=["open", "os.mkdir"])
+@pytest.mark.parametrize("where", ["data_batch_1", "valid_data_batch_3", "batches.meta"])
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_pickle_payload_is_refused_and_not_run(cifar, tmp_path, payload, where, protocol):
+    parent, raw = cifar
+    d = parent / CIFAR10_DIR
+    marker = tmp_path / "PWNED"
+    if where == "batches.meta":
+        path, obj = d / "batches.meta", {b"label_names": NAMES, b"x": payload(marker)}
+    elif where == "data_batch_1":
+        path, obj = d / "data_batch_1", payload(marker)
+    else:  # an otherwise valid batch, the payload in an extra entry
+        x, y = raw["x_train"][2 * N_PER_BATCH : 3 * N_PER_BATCH], raw["y_train"][40:60].tolist()
+        path, obj = d / "data_batch_3", {b"data": x, b"labels": y, b"x": [payload(marker)]}
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    with pytest.raises(DataFileError, match=rf"^{path}: refused, not a CIFAR-10 batch") as err:
+        load_cifar10(parent)
+    assert f"names {payload.func.__module__}.{payload.func.__name__}," in str(err.value)
+    assert not marker.exists()
+
+
+def test_codecs_encode_is_only_latin1(cifar):
+    """``_codecs.encode`` is admitted for the bytes of protocol-2 pickles, with latin-1 only."""
+    parent, _ = cifar
+    path = parent / CIFAR10_DIR / "data_batch_2"
+    path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\n\x00\x00\x00zlib_codec\x86R.")
+    with pytest.raises(DataFileError, match=rf"^{path}: refused.*'zlib_codec'"):
+        load_cifar10(parent)
+
+
+PROTOCOLS = sorted({0, 2, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL})
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_real_format_batches_load_under_every_protocol(cifar, protocol):
+    parent, raw = cifar
+    d = parent / CIFAR10_DIR
+    x, y = raw["x_train"][:N_PER_BATCH], raw["y_train"][:N_PER_BATCH]
+    batch = {b"batch_label": b"training batch 1 of 5", b"data": x, b"labels": y.tolist(),
+             b"filenames": [b"a.png"] * N_PER_BATCH, b"empty": b"", b"scalar": np.int64(3)}
+    with open(d / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": NAMES, b"num_cases_per_batch": 10000}, f, protocol=protocol)
+    data = load_cifar10(parent)
+    np.testing.assert_array_equal(data.y_train, raw["y_train"])
+    assert data.class_names == tuple(n.decode() for n in NAMES)
+    np.testing.assert_array_equal(load_cifar10(parent).x_train, data.x_train)
+    back = unstandardise(data, data.x_train[:N_PER_BATCH]).reshape(N_PER_BATCH, -1) * 255.0
+    np.testing.assert_allclose(back, x, atol=1e-3)
+
+
+def test_numpy_1x_module_names_load(cifar):
+    """A protocol-2 batch written under NumPy 1.x names ``numpy.core.multiarray``; under
+    NumPy 2.x ``numpy._core.multiarray``: both spellings load."""
+    parent, raw = cifar
+    path = parent / CIFAR10_DIR / "data_batch_1"
+    x = raw["x_train"][:N_PER_BATCH]
+    blob = pickle.dumps({b"data": x, b"labels": raw["y_train"][:N_PER_BATCH].tolist()}, protocol=2)
+    for old, new in [(b"numpy._core.multiarray", b"numpy.core.multiarray"),
+                     (b"numpy.core.multiarray", b"numpy._core.multiarray")]:
+        path.write_bytes(blob.replace(old, new))
+        data = load_cifar10(parent)
+        back = unstandardise(data, data.x_train[:N_PER_BATCH]).reshape(N_PER_BATCH, -1) * 255.0
+        np.testing.assert_allclose(back, x, atol=1e-3)

@@ -49,11 +49,11 @@ def write_dataset(
     rng = np.random.default_rng(seed)
     arrays = {
         "train_images": rng.integers(0, 256, (n_train, *hw), dtype=np.uint8),
-        "train_labels": rng.integers(0, 7, n_train).astype(np.uint8),
+        # every class 0..9 has a training example (n_train >= 10): a 10-class labelling
+        "train_labels": rng.permutation(np.arange(n_train) % 10).astype(np.uint8),
         "test_images": rng.integers(0, 256, (n_test, *hw), dtype=np.uint8),
-        "test_labels": rng.integers(0, 7, n_test).astype(np.uint8),
+        "test_labels": rng.integers(0, 10, n_test).astype(np.uint8),
     }
-    arrays["test_labels"][0] = 9  # the largest label is in the test set
     d.mkdir(parents=True, exist_ok=True)
     for role, arr in arrays.items():
         name = MNIST_FILES[role] + (".gz" if gz else "")
@@ -240,6 +240,59 @@ def test_constant_images_cannot_be_standardised(tmp_path):
         load_mnist(tmp_path)
 
 
+def gz_path(d: Path, role: str) -> Path:
+    return d / (MNIST_FILES[role] + ".gz")
+
+
+@pytest.mark.parametrize(
+    ("stray", "message"),
+    [(11, r"12-class labelling 0\.\.11: the largest label is 11 but class 10 has no training"),
+     (255, r"256-class labelling 0\.\.255: .* classes 10, 11, 12, 13, 14, 15, 16, 17, "
+           r"\.\.\. \(245 classes\) have no training example")],
+    ids=["11", "255"],
+)
+def test_stray_training_label_is_refused(tmp_path, stray, message):
+    raw = write_dataset(tmp_path)
+    labels = raw["train_labels"].copy()
+    labels[7] = stray  # one stray label among the digits 0..9
+    path = write_idx(gz_path(tmp_path, "train_labels"), labels, gz=True)
+    with pytest.raises(DataFileError, match=rf"^{path}: labels are not a {message}"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("stray", [10, 255])
+def test_test_label_beyond_the_training_classes_is_refused(tmp_path, stray):
+    raw = write_dataset(tmp_path)
+    labels = raw["test_labels"].copy()
+    labels[3] = stray
+    path = write_idx(gz_path(tmp_path, "test_labels"), labels, gz=True)
+    message = rf"^{path}: label {stray} outside 0\.\.9, the 10 classes"
+    with pytest.raises(DataFileError, match=message):
+        load_mnist(tmp_path)
+
+
+def test_fewer_classes_without_gaps_load(tmp_path):
+    """Labels 0..K-1 each with a training example are a K-class dataset, whatever K."""
+    raw = write_dataset(tmp_path)
+    write_idx(gz_path(tmp_path, "train_labels"), raw["train_labels"] % 3, gz=True)
+    write_idx(gz_path(tmp_path, "test_labels"), raw["test_labels"] % 3, gz=True)
+    d = load_mnist(tmp_path)
+    assert d.num_classes == 3
+    np.testing.assert_array_equal(d.y_test, raw["test_labels"] % 3)
+
+
+@pytest.mark.parametrize(("split", "role", "name"), [("training", "train", "train"),
+                                                     ("test", "test", "t10k")])
+@pytest.mark.parametrize("val_size", [0, 5])
+def test_empty_split_is_refused(tmp_path, split, role, name, val_size):
+    write_dataset(tmp_path)
+    images = write_idx(gz_path(tmp_path, f"{role}_images"), np.zeros((0, 4, 3), np.uint8), gz=True)
+    write_idx(gz_path(tmp_path, f"{role}_labels"), np.zeros(0, np.uint8), gz=True)
+    assert images.name == f"{name}-images-idx3-ubyte.gz"
+    with pytest.raises(DataFileError, match=rf"^{images}: the {split} split has no images$"):
+        load_mnist(tmp_path, val_size=val_size)
+
+
 # ---------------------------------------------------------------- load_mnist, synthetic
 
 
@@ -262,7 +315,7 @@ def test_synthetic_load(tmp_path, gz):
     # C-order flattening: pixel (r, c) -> column r * W + c
     assert_standardised_like(d.x_train, raw["train_images"], d.mean[0], d.std[0])
     assert_standardised_like(d.x_test, raw["test_images"], d.mean[0], d.std[0])
-    assert d.num_classes == 10  # label 9 only in the test set
+    assert d.num_classes == 10  # labels 0..9
     assert d.mean_square_input == pytest.approx(np.mean(d.x_train.astype(np.float64) ** 2))
     assert d.mean_square_input == pytest.approx(1.0, abs=1e-5)
 

@@ -17,10 +17,20 @@ the image in (C, H, W) order, the layout torch convolutions use.
 
 Fetching and extracting the archive is :mod:`sparse_eoc.data.download`'s job; this
 module only reads.
+
+Security: a pickle can name any importable callable and have the unpickler call it, so
+plain ``pickle.load`` on a foreign batch runs whatever code its author chose.  The
+batches are read by :class:`_BatchUnpickler` instead, which resolves only the names a
+CIFAR-10 batch needs (NumPy's array and dtype reconstruction, in both the NumPy 1.x
+``numpy.core`` and 2.x ``numpy._core`` module names, ``bytes``/``bytearray``, and the
+latin-1 ``_codecs.encode`` that Python 3 protocol-0..2 pickles use for bytes) and
+refuses any other with a :class:`~sparse_eoc.data.DataFileError` naming the file,
+before anything named is called.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import pickle
@@ -69,17 +79,89 @@ def _missing(path: Path) -> DataFileError:
     )
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle named a callable or class that a CIFAR-10 batch never holds."""
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-0..2 pickles call it for a bytes object
+    (``encode(text, "latin1")``); any other use is refused."""
+    if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
+        raise _ForbiddenGlobal(
+            f"_codecs.encode with {type(text).__name__} and encoding {encoding!r} "
+            f"(only latin-1 text, the encoding of bytes in protocol 0-2 pickles, is allowed)"
+        )
+    return text.encode("latin-1")
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    """The NumPy object ``module.name`` of the NumPy 1.x (``numpy.core``) or 2.x
+    (``numpy._core``) spelling, looked up under whichever the installed NumPy has
+    (``numpy._core`` first: importing ``numpy.core`` warns under NumPy 2)."""
+    sub = module.split(".", 2)[2]  # "multiarray" or "numeric"
+    for package in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{package}.{sub}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise _ForbiddenGlobal(f"{module}.{name} (not found in the installed NumPy)")
+
+
+#: The globals a CIFAR-10 batch may name: (submodule, name) under numpy.core (NumPy 1.x)
+#: or numpy._core (2.x), and (module, name) -> object for the rest, in each spelling
+#: NumPy and Python write.  _BatchUnpickler refuses anything else.
+_NUMPY_CORE = {
+    ("multiarray", "_reconstruct"),  # ndarray.__reduce__, protocols 0-4
+    ("multiarray", "scalar"),  # NumPy scalars (np.int64(3) in a list of labels)
+    ("numeric", "_frombuffer"),  # ndarray.__reduce_ex__, protocol 5
+}
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("builtins", "bytes"): bytes,
+    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "bytes"): bytes,  # protocol 0-2 pickles written by Python 3
+    ("__builtin__", "bytearray"): bytearray,
+    ("_codecs", "encode"): _latin1_encode,  # bytes in protocol 0-2 pickles
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only what a CIFAR-10 batch needs (see the module's
+    Security note): dicts, lists, tuples, bytes, str, ints, floats and NumPy arrays,
+    dtypes and scalars.  Any other global raises :class:`_ForbiddenGlobal` before it
+    is imported or called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[(module, name)]
+        if (
+            module.startswith(("numpy.core.", "numpy._core."))
+            and (module.split(".", 2)[2], name) in _NUMPY_CORE
+        ):
+            return _numpy_global(module, name)
+        raise _ForbiddenGlobal(f"{module}.{name}")
+
+
 def _unpickle(path: Path) -> dict:
-    """The dict pickled in ``path``, loaded with ``encoding="bytes"`` (Python 2 pickles)."""
+    """The dict pickled in ``path``, loaded with ``encoding="bytes"`` (Python 2 pickles)
+    by :class:`_BatchUnpickler`, which refuses anything but dicts, lists, bytes, str,
+    numbers and NumPy arrays."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _BatchUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise _missing(path) from None
     except IsADirectoryError:
         raise DataFileError(f"{path}: is a directory, expected a CIFAR-10 batch file") from None
     except OSError as err:
         raise DataFileError(f"{path}: cannot read file ({err})") from err
+    except _ForbiddenGlobal as err:
+        raise DataFileError(
+            f"{path}: refused, not a CIFAR-10 batch: the pickle names {err}, which a "
+            f"CIFAR-10 batch never holds (only dicts, lists, bytes, str, numbers and NumPy "
+            f"arrays are unpickled); nothing it names was run. Do not use this file"
+        ) from None
     except Exception as err:  # unpickling can raise almost anything on foreign bytes
         raise DataFileError(
             f"{path}: corrupt or not a CIFAR-10 batch (unpickling failed: "
@@ -166,10 +248,13 @@ def load_cifar10(
 ) -> ImageDataset:
     """Load CIFAR-10 from its python-pickle batches.
 
-    Security: the batches are Python pickles, and unpickling runs code chosen by
-    whoever wrote the file.  Only load files from a source you trust (the official
-    archive, checked against :data:`~sparse_eoc.data.CIFAR10_MD5` as
-    :func:`~sparse_eoc.data.download_cifar10` does).
+    Security: the batches are Python pickles, and a plain ``pickle.load`` would run
+    code chosen by whoever wrote the file.  They are read with a restricted unpickler
+    instead (see the module docstring) that builds only dicts, lists, bytes, str,
+    numbers and NumPy arrays; a batch naming anything else (a payload's ``os.system``,
+    ``builtins.open``, ...) is refused with a DataFileError and nothing it names is run.
+    The official archive can also be checked against
+    :data:`~sparse_eoc.data.CIFAR10_MD5`, as :func:`~sparse_eoc.data.download_cifar10` does.
 
     Args:
         data_dir: the ``cifar-10-batches-py`` directory, or the directory holding it
@@ -190,10 +275,13 @@ def load_cifar10(
     Raises:
         DataFileError: if a batch file is missing (the message says where to
             extract the archive), unreadable, not a pickle of a dict ("corrupt or
-            not a CIFAR-10 batch"), lacks ``b"data"`` or ``b"labels"``, holds data
-            that is not uint8 (N, 3072), a label count other than N, or labels
-            outside 0..9; if ``batches.meta`` exists but is malformed; or if a
-            training channel is constant.  The message starts with the file's path.
+            not a CIFAR-10 batch"), names a global other than NumPy's array
+            reconstruction ("refused, not a CIFAR-10 batch"; nothing is run),
+            lacks ``b"data"`` or ``b"labels"``, holds data that is not uint8
+            (N, 3072), a label count other than N, or labels outside 0..9; if
+            ``batches.meta`` exists but is malformed; if the five training batches
+            or the test batch hold no images; or if a training channel is
+            constant.  The message starts with the file's path.
         ValueError: if ``val_size`` is outside 0..N_train-1.
     """
     batch_dir = find_cifar10_dir(data_dir)
@@ -210,5 +298,6 @@ def load_cifar10(
         val_size=val_size,
         seed=seed,
         source=batch_dir / _TRAIN_BATCHES[0],
+        test_source=batch_dir / _TEST_BATCH,
         class_names=_read_label_names(batch_dir / _META),
     )

@@ -142,6 +142,7 @@ def _build_dataset(
     val_size: int,
     seed: int,
     source: Path,
+    test_source: Path,
     class_names: tuple[str, ...] = (),
 ) -> ImageDataset:
     """Split, scale and standardise a loader's raw arrays into an :class:`ImageDataset`.
@@ -154,14 +155,21 @@ def _build_dataset(
         num_classes: stored as is; the loader has checked the labels against it.
         val_size: training rows held out as validation, see :func:`_split_indices`.
         seed: seed of the validation split.
-        source: the training file, named in the error for a constant channel.
+        source: the training file, named in the errors for an empty training split
+            or a constant channel.
+        test_source: the test file, named in the error for an empty test split.
         class_names: stored as is.
 
     Raises:
+        DataFileError: if the training or the test file holds no images
+            ("<file>: the training split has no images"), or a channel is constant
+            over the training split.
         ValueError: if ``val_size`` is outside 0..N-1.
-        DataFileError: if a channel is constant over the training split.
     """
     (x_file, y_file), (x_test_raw, y_test) = train, test
+    for split, x, path in (("training", x_file, source), ("test", x_test_raw, test_source)):
+        if len(x) == 0:
+            raise DataFileError(f"{path}: the {split} split has no images")
     train_idx, val_idx = _split_indices(len(x_file), val_size, seed)
     x_train = _to_unit(x_file[train_idx])  # (N_train, C*H*W)
     x_val = _to_unit(x_file[val_idx])  # (N_val, C*H*W)

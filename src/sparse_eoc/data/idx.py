@@ -171,8 +171,8 @@ def find_idx_file(data_dir: str | os.PathLike, name: str) -> Path:
     )
 
 
-def _read_pair(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
-    """Images (N, H, W) and labels (N,) of ``split`` ("train"/"test"), checked; images' path."""
+def _read_pair(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+    """Images (N, H, W) and labels (N,) of ``split`` ("train"/"test"), checked; their paths."""
     img_path = find_idx_file(data_dir, MNIST_FILES[f"{split}_images"])
     lab_path = find_idx_file(data_dir, MNIST_FILES[f"{split}_labels"])
     images = read_idx(img_path, ndim=3)
@@ -186,7 +186,44 @@ def _read_pair(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path
         raise DataFileError(f"{lab_path}: labels must be integers, got {labels.dtype}")
     if labels.size and labels.min() < 0:
         raise DataFileError(f"{lab_path}: negative label {int(labels.min())}")
-    return images, labels, img_path
+    return images, labels, img_path, lab_path
+
+
+def _num_classes(train: np.ndarray, train_path: Path, test: np.ndarray, test_path: Path) -> int:
+    """K = max training label + 1, checked to be a K-class labelling 0..K-1.
+
+    Every class in 0..K-1 must have a training example (a gap means a stray label, e.g.
+    one 11 or 255 among the digits 0..9) and every test label must be below K.  An empty
+    training split gives 0 (it is refused by ``_build_dataset``).
+
+    Raises:
+        DataFileError: naming the labels file, for a class without training
+            examples or a test label >= K.
+    """
+    if not train.size:
+        return 0
+    present = np.unique(train)  # sorted classes with a training example
+    num_classes = int(present[-1]) + 1
+    n_missing = num_classes - len(present)
+    if n_missing:
+        # the first 8 missing classes lie below len(present) + 8 (no bincount up to a huge K)
+        missing = np.setdiff1d(np.arange(min(num_classes, len(present) + 8)), present)[:8]
+        if n_missing == 1:
+            which = f"class {missing[0]} has"
+        else:
+            more = f", ... ({n_missing} classes)" if n_missing > 8 else ""
+            which = "classes " + ", ".join(map(str, missing)) + more + " have"
+        raise DataFileError(
+            f"{train_path}: labels are not a {num_classes}-class labelling 0..{num_classes - 1}: "
+            f"the largest label is {num_classes - 1} but {which} no training example; "
+            f"a stray or corrupt label?"
+        )
+    if test.size and test.max() >= num_classes:
+        raise DataFileError(
+            f"{test_path}: label {int(test.max())} outside 0..{num_classes - 1}, the "
+            f"{num_classes} classes of the training labels"
+        )
+    return num_classes
 
 
 def load_mnist(
@@ -209,26 +246,30 @@ def load_mnist(
         with pixel (r, c) at column ``r * W + c``, standardised with the training
         split's mean and std (one-element tuples ``mean = (m,)``, ``std = (s,)``;
         uint8 pixels are scaled to [0, 1] first, other dtypes are used as stored);
-        ``num_classes = max label over train and test + 1``; ``class_names = ()``.
+        ``num_classes = K = max training label + 1``; ``class_names = ()``.
 
     Raises:
         DataFileError: if a file is missing or malformed, images are not 3-D or
             labels not 1-D, image and label counts disagree, labels are not
-            non-negative integers, train and test image sizes differ, or the
-            training pixels are constant.
+            non-negative integers, train and test image sizes differ, the
+            training or the test split has no images ("<file>: the test split
+            has no images"), the labels are not a K-class labelling (some class
+            in 0..K-1 has no training example, or a test label is >= K: a stray
+            label such as 11 or 255 among the digits), or the training pixels
+            are constant.  The message names the file.
         ValueError: if ``val_size`` is outside 0..N_train-1.
     """
     data_dir = Path(data_dir)
-    train_images, train_labels, train_path = _read_pair(data_dir, "train")  # (N, H, W), (N,)
-    test_images, test_labels, test_path = _read_pair(data_dir, "test")
+    # (N, H, W), (N,) and their paths
+    train_images, train_labels, train_path, train_lab_path = _read_pair(data_dir, "train")
+    test_images, test_labels, test_path, test_lab_path = _read_pair(data_dir, "test")
     hw = tuple(int(s) for s in train_images.shape[1:])
     if tuple(test_images.shape[1:]) != hw:
         raise DataFileError(
             f"image sizes disagree: {train_path} has {hw}, "
             f"{test_path} has {tuple(test_images.shape[1:])}"
         )
-    labels = [y for y in (train_labels, test_labels) if y.size]
-    num_classes = max(int(y.max()) for y in labels) + 1 if labels else 0
+    num_classes = _num_classes(train_labels, train_lab_path, test_labels, test_lab_path)
     return _build_dataset(
         (train_images, train_labels),
         (test_images, test_labels),
@@ -237,4 +278,5 @@ def load_mnist(
         val_size=val_size,
         seed=seed,
         source=train_path,
+        test_source=test_path,
     )

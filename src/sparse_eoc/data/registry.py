@@ -11,15 +11,35 @@ from types import MappingProxyType
 
 from .cifar import load_cifar10
 from .dataset import ImageDataset
+from .download import download_cifar10, download_mnist
 from .idx import load_mnist
 
-__all__ = ["DATASET_LOADERS", "load_image_dataset"]
+__all__ = ["DATASET_LOADERS", "DATASET_DOWNLOADERS", "load_image_dataset", "download_dataset"]
 
 #: Dataset name -> loader ``(data_dir, *, val_size, seed) -> ImageDataset``.
 #: "mnist" loads any MNIST-format directory (MNIST, Fashion-MNIST, ...).
 DATASET_LOADERS: Mapping[str, Callable[..., ImageDataset]] = MappingProxyType(
     {"mnist": load_mnist, "cifar10": load_cifar10}
 )
+#: Dataset name -> downloader ``(data_dir) -> Path``: fetch the standard files (checksums verified).
+DATASET_DOWNLOADERS: Mapping[str, Callable[..., os.PathLike]] = MappingProxyType(
+    {"mnist": download_mnist, "cifar10": download_cifar10}
+)
+
+
+def download_dataset(name: str, data_dir: str | os.PathLike | None) -> None:
+    """Download the dataset ``name`` into ``data_dir`` unless its files are already there
+    (``--download``; needs internet).
+
+    Raises:
+        ValueError: an unknown name, or no ``data_dir``.
+        OSError: no mirror could be reached; DataFileError: a download failed its checksum.
+    """
+    if name not in DATASET_DOWNLOADERS:
+        raise ValueError(f"name must be one of {', '.join(map(repr, DATASET_DOWNLOADERS))}, got name={name!r}")
+    if data_dir is None:
+        raise ValueError(f"--download needs --data-dir: the directory to put the {name} files in")
+    DATASET_DOWNLOADERS[name](data_dir)
 
 
 def load_image_dataset(

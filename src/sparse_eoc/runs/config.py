@@ -1,17 +1,36 @@
-"""The training configuration: one small frozen dataclass, validated at the boundary."""
+"""The training settings: one small frozen dataclass, validated at the boundary (no torch).
+
+Each field carries its help text, its kind (what it is about: see SETTING_KINDS) and its
+choices; the CLI's ``train`` options, the sweep's ``--set``, the run names and the resume
+rules are all made from these. The settings of a run are layered by :func:`layer_settings`
+(defaults < ``--config`` file < ``--preset`` < options < ``--set``); a resume reads them back
+with :func:`resume_settings`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping
 
-from sparse_eoc.activations import canonical_name, get_activation
+from sparse_eoc.activations import ACTIVATIONS, ALIASES, canonical_name, get_activation
 from sparse_eoc.checks import check_int
 from sparse_eoc.gp import RELU_SPARSITY
+from sparse_eoc.runs.presets import PRESETS, get_preset
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "MODELS", "PADDING_MODES", "WEIGHT_INITS", "DATASETS", "LR_SCHEDULES"]
+__all__ = [
+    "TrainConfig", "OPTIMIZERS", "MODELS", "PADDING_MODES", "WEIGHT_INITS", "DATASETS", "LR_SCHEDULES",
+    "ACTIVATION_CHOICES", "SETTING_KINDS", "RESOLVED_KEYS", "NAME_FREE_SETTINGS", "RESUME_FREE_SETTINGS",
+    "CELL_FREE_SETTINGS", "settings_of_kind", "default_settings", "name_settings", "settings_differences",
+    "check_same_settings", "setting_type", "option_name", "parse_overrides", "read_config_file", "layer_settings",
+    "resume_settings",
+]
 
 # The choice lists of the settings: the one place each is written (nn, train and the CLI read them here).
 OPTIMIZERS = ("sgd", "adam")
@@ -20,6 +39,32 @@ DATASETS = ("mnist", "cifar10")
 PADDING_MODES = ("zeros", "circular")  # of the CNN's "same" convolutions
 WEIGHT_INITS = ("gaussian", "delta_orthogonal")  # of init_eoc_ (delta_orthogonal: CNN only)
 LR_SCHEDULES = ("none", "cosine")  # constant, or per-step cosine decay to 0
+ACTIVATION_CHOICES = (*ALIASES, *ACTIVATIONS)
+
+#: What a setting is about, in its field's metadata ``kind``:
+#:   what        it changes what the run computes: in the run's name, compared on resume, splits a table cell
+#:   diagnostic  it records more and changes nothing else: in the name, compared on resume, splits no cell
+#:   where       where the inputs are (data_dir): not in the name, compared on resume, splits no cell
+#:   record      where the settings came from (preset): not in the name, compared on resume, splits no cell
+#:   how         how the run executes (device, threads): not in the name, may change on resume, splits no cell
+SETTING_KINDS = ("what", "diagnostic", "where", "record", "how")
+#: The sections ``config.json`` holds besides the settings (what they resolved to, and versions).
+RESOLVED_KEYS = ("eoc", "network", "data", "sparse_eoc_version", "torch_version", "device_resolved")
+
+
+def _setting(default: Any, help: str, *, kind: str = "what", choices: tuple[str, ...] | None = None,
+             missing_means: Any = dataclasses.MISSING):
+    """A TrainConfig field with its help text, kind and choices (the CLI options are made from these).
+
+    ``missing_means``: for a setting added after the run-file format of 6b2918f, the value a
+    ``config.json`` without it stands for (the behaviour before the setting existed); such a
+    setting enters a run's name only when it differs from its default.
+    """
+    assert kind in SETTING_KINDS, kind
+    metadata = {"help": help, "kind": kind, "choices": choices}
+    if missing_means is not dataclasses.MISSING:
+        metadata["missing_means"] = missing_means
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -33,36 +78,43 @@ class TrainConfig:
     by the activation, then global average pooling and a linear readout.
     """
 
-    activation: str = "crelu"  # relu, relu_tau, st_tau, crelu, cst
-    sparsity: float | None = None  # target fraction of zeros at q*; relu: 0.5 (None means 0.5)
-    slope: float | None = None  # target V'(q*) in (0, 1), clipped only; default 0.7 if m is None too
-    m: float | None = None  # the clip; clipped only, exclusive with slope
-    q_star: float = 1.0  # the fixed point of the variance map (paper: 1)
-    model: str = "mlp"  # mlp or cnn
-    depth: int = 30  # hidden layers (MLP) or conv layers (CNN)
-    width: int = 300  # units per hidden layer (MLP)
-    channels: int = 32  # channels per conv layer (CNN)
-    kernel_size: int = 3  # odd k of the k x k kernels (CNN)
-    padding_mode: str = "zeros"  # zeros or circular (CNN)
-    weight_init: str = "gaussian"  # gaussian, or delta_orthogonal (CNN; Xiao et al. 2018)
-    epochs: int = 5
-    optimizer: str = "sgd"  # sgd (the paper's) or adam
-    lr: float = 1e-3
-    readout_lr_scale: float = 1.0  # the readout layer learns at lr x this (the hidden layers at lr)
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    lr_schedule: str = "none"  # none (constant) or cosine (per-step decay to 0 over all epochs)
-    label_smoothing: float = 0.0  # epsilon in [0, 1) of the training loss only (evaluation: plain cross-entropy)
-    batch_size: int = 128
-    seed: int = 0  # initialisation, shuffling and the validation split
-    val_size: int = 0  # training examples held out for validation (the paper: 0)
-    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when present)
-    threads: int | None = None  # torch CPU threads; None: torch's default (all cores)
-    dataset: str = "mnist"  # mnist (any MNIST-format IDX files) or cifar10 (python pickle batches)
-    data_dir: str | None = None
-    augment: bool = False  # random crop (padding 4) and horizontal flip of training images
-    log_layer_stats: bool = False  # per-layer gradient norms and pre-activation variances per epoch
-    preset: str | None = None  # the named preset these settings started from (a record)
+    activation: str = _setting("crelu", "activation (relu = relu_tau with tau = 0)", choices=ACTIVATION_CHOICES)
+    sparsity: float | None = _setting(None, "target fraction of zeros s at q*, in (0, 1) (relu: 0.5, implied)")
+    slope: float | None = _setting(None, "target V'(q*) in (0, 1) for crelu/cst (default 0.7 when m is not given)")
+    m: float | None = _setting(None, "the clip m > 0 for crelu/cst (exclusive with slope)")
+    q_star: float = _setting(1.0, "fixed point q* of the variance map (the paper: 1)")
+    model: str = _setting("mlp", "network kind", choices=MODELS)
+    depth: int = _setting(30, "hidden (MLP) or conv (CNN) layers")
+    width: int = _setting(300, "units per hidden layer (MLP)")
+    channels: int = _setting(32, "channels per conv layer (CNN)")
+    kernel_size: int = _setting(3, "odd kernel size k of the k x k convolutions (CNN)")
+    padding_mode: str = _setting("zeros", "padding of the CNN's same convolutions", choices=PADDING_MODES)
+    weight_init: str = _setting("gaussian", "gaussian, or delta_orthogonal (CNN; Xiao et al. 2018)",
+                                choices=WEIGHT_INITS)
+    epochs: int = _setting(5, "passes over the training split (0: initialise and save the weights only)")
+    optimizer: str = _setting("sgd", "optimiser (sgd with momentum is the paper's)", choices=OPTIMIZERS)
+    lr: float = _setting(1e-3, "learning rate")
+    readout_lr_scale: float = _setting(1.0, "the readout layer learns at lr x this (the hidden layers at lr)")
+    momentum: float = _setting(0.9, "SGD momentum, in [0, 1)")
+    weight_decay: float = _setting(0.0, "weight decay (L2), >= 0")
+    lr_schedule: str = _setting("none", "none (constant) or cosine (per-step decay to 0 over all epochs)",
+                                choices=LR_SCHEDULES)
+    label_smoothing: float = _setting(0.0, "label smoothing epsilon in [0, 1) of the training loss only "
+                                           "(evaluation: plain cross-entropy)")
+    batch_size: int = _setting(128, "training examples per step")
+    seed: int = _setting(0, "seed of the initialisation, the shuffling and the validation split")
+    val_size: int = _setting(0, "training examples held out for validation (the paper: 0)")
+    device: str = _setting("cpu", "cpu, cuda, cuda:N, or auto (cuda when present)", kind="how")
+    threads: int | None = _setting(None, "torch CPU threads (default: all cores)", kind="how")
+    dataset: str = _setting("mnist", "mnist: any MNIST-format IDX files; cifar10: the python pickle batches",
+                            choices=DATASETS)
+    data_dir: str | None = _setting(None, "directory with the dataset's files", kind="where")
+    augment: bool = _setting(False, "random crop (padding 4) and horizontal flip of training images (CNN)")
+    log_layer_stats: bool = _setting(False, "per epoch, each hidden layer's mean weight-gradient norm and "
+                                            "pre-activation variance on 256 test inputs (metrics.jsonl; at init: "
+                                            "result.json)", kind="diagnostic")
+    preset: str | None = _setting(None, "named settings to start from; explicit options override them",
+                                  kind="record", choices=tuple(PRESETS))
 
     def __post_init__(self):
         canonical_name(self.activation)  # raises for an unknown name
@@ -118,20 +170,244 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {name}={getattr(self, name)!r}")
 
-    @property
-    def resolved_sparsity(self) -> float:
-        """The target sparsity, with relu's implicit 0.5 filled in."""
-        return RELU_SPARSITY if self.sparsity is None else float(self.sparsity)
+        for f in fields(self):  # every type, for what the checks above leave (a JSON file may hold "0.85")
+            _check_type(f.name, getattr(self, f.name), _HINTS[f.name])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a mapping, ignoring keys that are not settings (e.g. a config.json's
-        resolved ``eoc``/``model``/``data`` sections)."""
+    def from_dict(cls, values: Mapping[str, Any], *, strict: bool = False) -> "TrainConfig":
+        """Build from a mapping: a run's ``config.json`` (its resolved sections are skipped), a
+        ``--config`` file, or a checkpoint's settings. A setting the mapping lacks takes its
+        ``missing_means`` value (the behaviour before the setting existed) or its default.
+
+        Args:
+            strict: refuse keys that are neither settings nor resolved sections (a typo such
+                as ``"epoch": 7`` in a hand-written file).
+
+        Raises:
+            ValueError: unknown keys (with ``strict``), or settings TrainConfig rejects.
+        """
+        if not isinstance(values, Mapping):
+            raise ValueError(f"settings must be a JSON object, got a {type(values).__name__}")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        if strict:
+            unknown = sorted(k for k in values if k not in names and k not in RESOLVED_KEYS)
+            if unknown:
+                raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))}; valid settings: "
+                                 f"{', '.join(sorted(names))}")
+        missing = {f.name: f.metadata["missing_means"] for f in fields(cls)
+                   if f.name not in values and "missing_means" in f.metadata}
+        return cls(**missing, **{k: v for k, v in values.items() if k in names})
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """Refuse a value of the wrong JSON type for the field ``name`` (ranges are checked after)."""
+    args = typing.get_args(hint)
+    kinds = [a for a in args if a is not type(None)] if args else [hint]
+    if value is None:
+        if type(None) in args:
+            return
+    elif kinds[0] is bool:
+        if isinstance(value, bool):
+            return
+    elif kinds[0] is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return
+    elif kinds[0] is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+    elif isinstance(value, kinds[0]):
+        return
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kinds[0]]
+    raise ValueError(f"{name} must be {expected}{' or null' if type(None) in args else ''}, "
+                     f"got {name}={value!r} ({type(value).__name__})")
+
+
+def settings_of_kind(*kinds: str) -> tuple[str, ...]:
+    """The TrainConfig settings whose metadata ``kind`` is one of ``kinds`` (see SETTING_KINDS)."""
+    return tuple(f.name for f in fields(TrainConfig) if f.metadata["kind"] in kinds)
+
+
+#: Settings that say where or how a run executes, or where its settings came from: they
+#: change neither a run's name nor its seed (the same run may move machines or thread counts).
+NAME_FREE_SETTINGS = settings_of_kind("where", "record", "how")
+#: Settings a resume may change (then the numbers are no longer promised bit-identical).
+RESUME_FREE_SETTINGS = settings_of_kind("how")
+#: Settings that never split a table cell: the seed (averaged over) and all but the "what" kind.
+CELL_FREE_SETTINGS = ("seed", *settings_of_kind("diagnostic", "where", "record", "how"))
+
+
+def default_settings() -> dict[str, Any]:
+    """Every setting at its default."""
+    return {f.name: f.default for f in fields(TrainConfig)}
+
+
+def name_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that make a run's name (and seed): all but NAME_FREE_SETTINGS, and a
+    setting added after 6b2918f only when it differs from its default (so that runs and
+    sweeps written before it keep their names)."""
+    out = {}
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        if f.name in NAME_FREE_SETTINGS or ("missing_means" in f.metadata and value == f.default):
+            continue
+        out[f.name] = value
+    return out
+
+
+def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any], *, ignore=()) -> list[str]:
+    """The setting names whose values differ between two settings dicts (sorted), skipping ``ignore``.
+
+    A key missing on one side counts as different. Example:
+    ``settings_differences({"lr": 0.1, "depth": 3}, {"lr": 0.01, "depth": 3}) == ["lr"]``.
+    """
+    keys = (set(saved) | set(current)) - set(ignore)
+    return sorted(k for k in keys if k not in saved or k not in current or saved[k] != current[k])
+
+
+def check_same_settings(saved: Mapping[str, Any], config: TrainConfig, where: str | os.PathLike) -> None:
+    """Refuse to resume ``where`` with ``config`` when any setting but RESUME_FREE_SETTINGS differs.
+
+    Raises:
+        ValueError: naming the differing settings and both values.
+    """
+    differing = settings_differences(saved, config.to_dict(), ignore=RESUME_FREE_SETTINGS)
+    if differing:
+        details = ", ".join(f"{k}={saved.get(k)!r} there, {getattr(config, k, None)!r} here" for k in differing)
+        raise ValueError(f"cannot resume {where}: its settings differ in {', '.join(differing)} ({details})")
+
+
+def setting_type(name: str) -> type:
+    """The value type of a setting: bool, int, float or str (``None`` aside)."""
+    args = typing.get_args(_HINTS[name])
+    return ([a for a in args if a is not type(None)] if args else [_HINTS[name]])[0]
+
+
+def option_name(setting: str) -> str:
+    """The command-line option of a setting: ``batch_size`` -> ``--batch-size``."""
+    return "--" + setting.replace("_", "-")
+
+
+def _parse_value(key: str, text: str, hint: Any) -> Any:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)] if args else [hint]
+    if optional and text.strip().lower() in ("none", "null"):
+        return None
+    kind = kinds[0]
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}={text}: {key} takes true or false")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"--set {key}={text}: {key} takes {'an integer' if kind is int else 'a number'}"
+                             + (" or none" if optional else "")) from None
+    return text
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["epochs=3", "lr=0.01", "threads=none"]`` -> ``{"epochs": 3, "lr": 0.01, "threads": None}``.
+
+    Each value is parsed by its TrainConfig field's type (int, float, bool: true/false,
+    str; ``none`` for an optional setting); a later item replaces an earlier one. Whether
+    the value is in range is checked when the configs are built.
+
+    Raises:
+        ValueError: an item without ``=``, an unknown key (the message lists the valid
+            ones), or a value that does not parse as the field's type.
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--set takes key=value, got {item!r}")
+        if key not in _HINTS:
+            raise ValueError(f"--set {item}: unknown setting {key!r}; valid keys: "
+                             f"{', '.join(f.name for f in fields(TrainConfig))}")
+        out[key] = _parse_value(key, text, _HINTS[key])
+    return out
+
+
+def read_config_file(path: str | os.PathLike, *, option: str = "--config") -> dict[str, Any]:
+    """The settings of a ``config.json`` (a run's, or written by hand), all of them, defaults filled in.
+
+    Raises:
+        ValueError: the file is missing, not a JSON object, holds an unknown key or a
+            setting of the wrong type or range; the message names ``option`` and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{option} {path}: not found (pass a run's config.json)")
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{option} {path}: not valid JSON ({err})") from err
+    try:
+        return TrainConfig.from_dict(values, strict=True).to_dict()
+    except ValueError as err:
+        raise ValueError(f"{option} {path}: {err}") from err
+
+
+def layer_settings(*, config_file: str | os.PathLike | None = None, preset: str | None = None,
+                   explicit: Mapping[str, Any] | None = None,
+                   overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The settings of a new run, layered: defaults < ``config_file`` < ``preset`` < ``explicit``
+    (the command line's options) < ``overrides`` (``--set``).
+
+    An explicit choice replaces what it excludes in the layers below: ``m`` and ``slope``
+    are alternatives, an unclipped activation takes neither, and ``relu`` fixes the sparsity.
+
+    Raises:
+        ValueError: an unreadable config file, an unknown preset, or settings TrainConfig rejects.
+    """
+    settings: dict[str, Any] = {}
+    if config_file is not None:
+        settings.update(read_config_file(config_file))
+    if preset is not None:
+        settings.update(get_preset(preset), preset=preset)
+    for layer in (explicit or {}, overrides or {}):
+        if "m" in layer or "slope" in layer or "activation" in layer:
+            settings.pop("m", None), settings.pop("slope", None)
+        if layer.get("activation") == "relu":
+            settings.pop("sparsity", None)
+        settings.update(layer)
+    return TrainConfig(**settings)
+
+
+def resume_settings(run_dir: str | os.PathLike, changes: Mapping[str, Any] | None = None, *,
+                    other_options: Sequence[str] = ()) -> TrainConfig:
+    """The settings to resume ``run_dir`` with: its ``config.json``, with ``changes`` to the
+    settings a resume may change (RESUME_FREE_SETTINGS: device, threads).
+
+    Args:
+        other_options: options given beside ``--resume`` that are not settings (``--out``,
+            ``--config``, ...): all are refused.
+
+    Raises:
+        ValueError: ``changes`` names any other setting, or ``other_options`` is not empty
+            (the message names the options), or the run's ``config.json`` is missing or unreadable.
+    """
+    changes = dict(changes or {})
+    fixed = [option_name(k) for k in changes if k not in RESUME_FREE_SETTINGS] + list(other_options)
+    path = Path(run_dir) / "config.json"
+    if fixed:
+        raise ValueError(f"--resume takes the settings from {path}: drop {', '.join(fixed)} (only "
+                         f"{', '.join(map(option_name, RESUME_FREE_SETTINGS))} and --no-progress go with --resume)")
+    if not path.is_file():
+        raise ValueError(f"--resume {run_dir}: {path} not found (pass a run directory)")
+    return TrainConfig(**{**read_config_file(path, option="--resume"), **changes})

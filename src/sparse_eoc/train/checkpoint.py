@@ -24,16 +24,20 @@ Only tensors, numbers, strings, None, lists, tuples and dicts, so it loads with
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from sparse_eoc.jsonio import write_atomic
+from sparse_eoc.runs.config import settings_differences  # noqa: F401  (moved; importable from here)
+from sparse_eoc.runs.files import CHECKPOINT_FILE
+
 __all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "save_checkpoint", "load_checkpoint",
            "restore_training_state", "settings_differences"]
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = ("format", "epoch", "settings", "model", "optimizer", "scheduler", "shuffle_rng", "augment_rng",
                    "torch_rng", "history", "wall_seconds", "init_layer_preact_var")
@@ -83,10 +87,7 @@ def save_checkpoint(
         "wall_seconds": float(wall_seconds),
         "init_layer_preact_var": init_layer_preact_var,
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -111,7 +112,34 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    problem = _checkpoint_problem(state)
+    if problem:
+        raise ValueError(f"{path}: not a consistent checkpoint ({problem}); delete it to restart the run from scratch")
     return state
+
+
+def _checkpoint_problem(state: Mapping[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's entries' types, or None (the tensors' shapes are
+    checked when they are loaded into the live objects)."""
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        return f"epoch must be an integer >= 1, found {epoch!r}"
+    history = state["history"]
+    if not isinstance(history, (list, tuple)) or len(history) != epoch or not all(isinstance(h, dict) for h in history):
+        return f"history must be {epoch} dicts of epoch metrics"
+    if not isinstance(state["settings"], dict):
+        return "settings must be a dict"
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        return "model must be a dict of tensors"
+    if not isinstance(state["optimizer"], dict):
+        return "optimizer must be a state dict"
+    for key in ("shuffle_rng", "torch_rng"):
+        if not (isinstance(state[key], torch.Tensor) and state[key].dtype == torch.uint8):
+            return f"{key} must be a uint8 tensor (a generator state)"
+    wall = state["wall_seconds"]
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not math.isfinite(wall) or wall < 0:
+        return f"wall_seconds must be a number >= 0, found {wall!r}"
+    return None
 
 
 def restore_training_state(
@@ -145,13 +173,3 @@ def restore_training_state(
     if augment_generator is not None:
         augment_generator.set_state(state["augment_rng"])
     torch.set_rng_state(state["torch_rng"])
-
-
-def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any], *, ignore=()) -> list[str]:
-    """The setting names whose values differ between two settings dicts (sorted), skipping ``ignore``.
-
-    A key missing on one side counts as different. Example:
-    ``settings_differences({"lr": 0.1, "depth": 3}, {"lr": 0.01, "depth": 3}) == ["lr"]``.
-    """
-    keys = (set(saved) | set(current)) - set(ignore)
-    return sorted(k for k in keys if k not in saved or k not in current or saved[k] != current[k])

@@ -1,0 +1,133 @@
+"""From a run's description to a module: build, initialise on the EoC, load trained weights.
+
+The one recipe "solve -> build -> initialise at the EoC" that training, the propagation
+experiment, the inference benchmark and the tests share::
+
+    point = solve_eoc("crelu", 0.85, slope=0.7)
+    spec = NetworkSpec(kind="mlp", image_shape=(1, 28, 28), num_classes=10, depth=30,
+                       activation=point.activation, tau=point.tau, m=point.m, width=300)
+    model = build_model(spec)
+    init_from_point_(model, point, mean_square_input=data.mean_square_input,
+                     generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparse_eoc.nn.cnn import SparseCNN
+from sparse_eoc.nn.device import resolve_device
+from sparse_eoc.nn.init import init_eoc_, input_weight_variance
+from sparse_eoc.nn.mlp import SparseMLP
+from sparse_eoc.runs.files import CONFIG_FILE, MODEL_FILE, RESULT_FILE, read_json, read_result
+from sparse_eoc.runs.network import NetworkSpec
+
+__all__ = ["build_model", "init_from_point_", "check_fits", "device_memory_bytes", "load_run"]
+
+
+def build_model(spec: NetworkSpec) -> SparseMLP | SparseCNN:
+    """The untrained module a :class:`NetworkSpec` describes (PyTorch's default init)."""
+    act = (spec.activation, spec.tau, spec.m)
+    if spec.kind == "mlp":
+        return SparseMLP(spec.in_features, spec.num_classes, spec.depth, spec.width, *act)
+    return SparseCNN(spec.image_shape[0], spec.num_classes, spec.depth, spec.channels, *act,
+                     kernel_size=spec.kernel_size, padding_mode=spec.padding_mode)
+
+
+def init_from_point_(
+    model: SparseMLP | SparseCNN,
+    point,
+    *,
+    mean_square_input: float,
+    weight_init: str = "gaussian",
+    generator: torch.Generator | None = None,
+) -> float:
+    """Initialise ``model`` in place at the EoC point ``point`` (a ``sparse_eoc.gp.EoCPoint``).
+
+    Hidden layers get (sigma_w2, sigma_b2) of the point; the first layer's weight variance
+    is chosen so that its pre-activations have variance q* on inputs of mean square
+    ``mean_square_input`` (:func:`~sparse_eoc.nn.init.input_weight_variance`; paper Section 5).
+
+    Returns:
+        The first layer's sigma_w^2 (what ``config.json["eoc"]["input_sigma_w2"]`` records).
+
+    Raises:
+        ValueError: as :func:`~sparse_eoc.nn.init.init_eoc_` and ``input_weight_variance``.
+    """
+    input_sigma_w2 = input_weight_variance(point.q_star, point.sigma_b2, mean_square_input)
+    init_eoc_(model, point.sigma_w2, point.sigma_b2, input_sigma_w2=input_sigma_w2, generator=generator,
+              weight_init=weight_init)
+    return input_sigma_w2
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device``: a GPU's total memory, or the machine's physical memory (None if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - no sysconf
+        return None
+
+
+def check_fits(spec: NetworkSpec, device: torch.device, *, batch_size: int, option: str = "--depth/--width") -> None:
+    """Refuse, before anything is built, a network whose training step cannot fit in ``device``'s memory.
+
+    The estimate is a lower bound (:meth:`NetworkSpec.training_bytes`), so only what
+    cannot fit is refused; the paper's sizes (depth 100 x width 300; depth 50 x 300
+    channels on 32 x 32 images, batch 128) pass on a 24 GiB machine.
+
+    Raises:
+        ValueError: naming ``option`` (the sizes to lower), the estimate and the memory.
+    """
+    need = spec.training_bytes(batch_size)
+    have = device_memory_bytes(device)
+    if have is not None and need > have:
+        size = f"width {spec.width}" if spec.kind == "mlp" else f"{spec.channels} channels"
+        raise ValueError(f"{option}: a depth-{spec.depth}, {size} {spec.kind} at batch {batch_size} needs at least "
+                         f"{need / 2**30:.3g} GiB to train, more than the {have / 2**30:.3g} GiB of {device}")
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[SparseMLP | SparseCNN, dict[str, Any]]:
+    """Rebuild a finished run's trained model from its directory.
+
+    Returns:
+        (model in eval mode on ``device``, the parsed ``config.json``).
+
+    Raises:
+        FileNotFoundError: ``config.json`` is missing.
+        ValueError: the run is not finished (no ``result.json`` with status completed or
+            diverged: it may be training, interrupted, or half overwritten), it diverged
+            before any epoch completed (no weights), ``config.json`` is not valid JSON or
+            lacks the ``network`` section, or ``model.safetensors`` is missing, corrupt or
+            holds weights of another shape (each names the file).
+    """
+    from safetensors.torch import load_file
+
+    run = Path(run_dir)
+    if not (run / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run / CONFIG_FILE}: not found (is {run} a sparse-eoc run directory?)")
+    result = read_result(run)
+    if result is None:
+        raise ValueError(f"{run}: not a finished run ({RESULT_FILE} with status completed or diverged is missing: "
+                         "the run is still training, was interrupted (resume it with sparse-eoc train --resume), "
+                         "or failed)")
+    if not (run / MODEL_FILE).is_file():
+        if result["status"] == "diverged":
+            raise ValueError(f"{run}: the run diverged before its first epoch completed, so it has no weights")
+        raise FileNotFoundError(f"{run / MODEL_FILE}: not found")
+    config = read_json(run / CONFIG_FILE, what="a run's settings (a JSON object)")
+    try:
+        model = build_model(NetworkSpec.from_dict(config.get("network")))
+    except ValueError as err:
+        raise ValueError(f"{run / CONFIG_FILE}: cannot rebuild the model from its 'network' section: {err}") from err
+    try:
+        model.load_state_dict(load_file(str(run / MODEL_FILE)))
+    except Exception as err:  # safetensors' own error type for a corrupt file; RuntimeError for a mismatch
+        raise ValueError(f"{run / MODEL_FILE}: corrupt or not the weights of the network in {CONFIG_FILE} "
+                         f"({type(err).__name__}: {err})") from err
+    return model.to(resolve_device(device)).eval(), config

@@ -1,0 +1,104 @@
+"""Tests for sparse_eoc/runs/config.py: the settings' metadata, layering, resume rules and file checks."""
+
+import json
+from dataclasses import fields
+
+import pytest
+
+from sparse_eoc.runs.config import (
+    CELL_FREE_SETTINGS,
+    NAME_FREE_SETTINGS,
+    RESUME_FREE_SETTINGS,
+    SETTING_KINDS,
+    TrainConfig,
+    layer_settings,
+    name_settings,
+    parse_overrides,
+    read_config_file,
+    resume_settings,
+    settings_of_kind,
+)
+
+
+def test_every_setting_has_help_kind_and_choices():
+    for f in fields(TrainConfig):
+        assert f.metadata["help"] and f.metadata["kind"] in SETTING_KINDS, f.name
+        if f.metadata["choices"]:
+            assert f.default is None or f.default in f.metadata["choices"], f.name
+
+
+def test_the_setting_lists_are_queries_of_the_kinds():
+    # the lists the code kept by hand at 6b2918f, now derived from the fields
+    assert set(NAME_FREE_SETTINGS) == {"data_dir", "device", "threads", "preset"}
+    assert set(RESUME_FREE_SETTINGS) == {"device", "threads"}
+    assert set(CELL_FREE_SETTINGS) == {"seed", "data_dir", "device", "threads", "preset", "log_layer_stats"}
+    assert settings_of_kind("diagnostic") == ("log_layer_stats",)
+
+
+def test_name_settings_leave_out_where_and_how():
+    config = TrainConfig(sparsity=0.85, threads=2, device="cpu", data_dir="/x", preset="mlp-mnist-cpu")
+    named = name_settings(config)
+    assert not set(named) & set(NAME_FREE_SETTINGS) and named["sparsity"] == 0.85
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sparsity", "0.85", r"sparsity must be a number or null, got sparsity='0.85'"),
+    ("log_layer_stats", 1, r"log_layer_stats must be True or False"),
+    ("depth", 3.0, r"depth must be an integer"),
+    ("data_dir", 5, r"data_dir must be a string or null"),
+    ("lr", True, r"lr must be a number, got lr=True \(bool\)"),
+])
+def test_wrongly_typed_settings_are_refused(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"activation": "crelu", "sparsity": 0.85, key: value})
+
+
+def test_from_dict_strict_refuses_unknown_keys_but_skips_resolved_sections():
+    values = {"activation": "relu", "epoch": 7, "eoc": {}, "network": {}, "torch_version": "x"}
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) 'epoch'"):
+        TrainConfig.from_dict(values, strict=True)
+    assert TrainConfig.from_dict(values).epochs == 5  # lenient: a checkpoint's settings
+    del values["epoch"]
+    assert TrainConfig.from_dict(values, strict=True).activation == "relu"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", r"--config .*: settings must be a JSON object, got a list"),
+    ("null", r"--config .*: settings must be a JSON object, got a NoneType"),
+    ("{bad", r"--config .*c\.json: not valid JSON"),
+    ('{"activation": "relu", "data_dir": 5}', r"--config .*: data_dir must be a string or null"),
+    ('{"epoch": 7}', r"--config .*: unknown setting\(s\) 'epoch'"),
+    ('{"activation": "crelu", "sparsity": "0.85"}', r"sparsity must be a number"),
+])
+def test_config_files_are_checked_and_named(tmp_path, text, message):
+    (tmp_path / "c.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_config_file(tmp_path / "c.json")
+
+
+def test_layers_defaults_file_preset_options_overrides(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"activation": "crelu", "sparsity": 0.8, "slope": 0.6,
+                                                  "epochs": 9, "lr": 0.5}))
+    config = layer_settings(config_file=tmp_path / "c.json", preset="mlp-mnist-cpu", explicit={"m": 1.2},
+                            overrides={"epochs": 3})
+    # the preset replaces the file's lr and epochs, the option m replaces the file's slope, --set wins last
+    assert (config.lr, config.epochs, config.m, config.slope, config.preset) == (1e-3, 3, 1.2, None, "mlp-mnist-cpu")
+    relu = layer_settings(config_file=tmp_path / "c.json", explicit={"activation": "relu"})
+    assert (relu.sparsity, relu.slope, relu.m) == (None, None, None)
+
+
+def test_resume_takes_the_runs_settings_and_only_how_changes(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**TrainConfig(sparsity=0.8).to_dict(), "eoc": {}}))
+    config = resume_settings(tmp_path, {"threads": 1})
+    assert (config.sparsity, config.threads) == (0.8, 1)
+    with pytest.raises(ValueError, match=r"drop --lr, --out \(only --device, --threads and --no-progress"):
+        resume_settings(tmp_path, {"lr": 0.1}, other_options=["--out"])
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"--resume .*config\.json: settings must be a JSON object"):
+        resume_settings(tmp_path)
+
+
+def test_parse_overrides_moved_here_and_still_exported_from_the_registry():
+    from sparse_eoc.experiments.registry import parse_overrides as old
+
+    assert old is parse_overrides and parse_overrides(["epochs=3"]) == {"epochs": 3}

@@ -1,0 +1,159 @@
+"""A run directory is never lost or mixed: refusals, --overwrite, the lock, a full disk, Ctrl-C.
+
+Each test reproduces a defect of the hostile test at 6b2918f (H2, H3, M1, M5, L3), named in its docstring.
+"""
+
+import errno
+import json
+
+import pytest
+
+import sparse_eoc.train.run as run_module
+from sparse_eoc.cli import main
+from sparse_eoc.nn.build import load_run
+from sparse_eoc.runs.files import RunLockedError, run_lock, run_status
+from sparse_eoc.train import TrainConfig, train
+
+
+def config(data_dir, **changes):
+    base = dict(activation="crelu", sparsity=0.8, slope=0.7, depth=2, width=16, epochs=1, lr=0.01, batch_size=256,
+                threads=1, data_dir=str(data_dir))
+    return TrainConfig(**{**base, **changes})
+
+
+def snapshot(run):
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_finished_run_is_refused_without_overwrite(tmp_path, mnist_subset_dir):
+    """H3(a): train --out on a finished run replaced it silently."""
+    run = tmp_path / "run"
+    train(config(mnist_subset_dir), run, progress=False)
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=r"holds a finished run \(completed\); pass --overwrite"):
+        train(config(mnist_subset_dir, sparsity=0.7), run, progress=False)
+    assert snapshot(run) == before
+    result = train(config(mnist_subset_dir, sparsity=0.7), run, progress=False, overwrite=True)
+    assert result["status"] == "completed" and json.loads((run / "config.json").read_text())["sparsity"] == 0.7
+
+
+def test_an_unfinished_run_is_refused_without_resume(tmp_path, mnist_subset_dir, monkeypatch):
+    """H3(a): an unfinished run given the same command without --resume lost its checkpoint."""
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "save_checkpoint", _kill_after(run_module.save_checkpoint))
+        with pytest.raises(Killed):
+            train(config(mnist_subset_dir, epochs=2), run, progress=False)
+    before = snapshot(run)
+    assert "checkpoint.pt" in before
+    with pytest.raises(ValueError, match=r"holds an unfinished run .*checkpoint\.pt.*pass --resume"):
+        train(config(mnist_subset_dir, epochs=2), run, progress=False)
+    assert snapshot(run) == before
+    assert train(config(mnist_subset_dir, epochs=2), run, progress=False, resume=True)["epochs_completed"] == 2
+
+
+def _kill_after(save):
+    def kill(*args, **kwargs):
+        save(*args, **kwargs)
+        raise Killed
+    return kill
+
+
+def test_a_crash_while_overwriting_leaves_no_old_weights_beside_new_settings(tmp_path, mnist_subset_dir,
+                                                                             monkeypatch):
+    """H3(b): a crash during an overwrite left new config.json + old weights, which infer evaluated."""
+    run = tmp_path / "run"
+    train(config(mnist_subset_dir), run, progress=False)
+    monkeypatch.setattr(run_module, "fit", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        train(config(mnist_subset_dir, sparsity=0.7), run, progress=False, overwrite=True)
+    assert not (run / "model.safetensors").exists() and not (run / "result.json").exists()
+    assert run_status(run) == "started"
+    with pytest.raises(ValueError, match=r"not a finished run"):
+        load_run(run)
+
+
+def test_a_run_another_process_trains_is_refused_even_with_overwrite(tmp_path, mnist_subset_dir):
+    """M1 and H2: two processes on one run directory mixed their metrics; the lock refuses the second."""
+    run = tmp_path / "run"
+    with run_lock(run):  # as held by another training process (flock: per open file, so this conflicts too)
+        for kwargs in ({}, {"overwrite": True}, {"resume": True}):
+            with pytest.raises(RunLockedError, match=r"another process \(pid \d+\) is training"):
+                train(config(mnist_subset_dir), run, progress=False, **kwargs)
+    assert snapshot(run) == {}
+    assert train(config(mnist_subset_dir), run, progress=False)["status"] == "completed"  # released
+
+
+def test_the_cli_refuses_in_one_line_and_overwrites_when_told(tmp_path, mnist_subset_dir, capsys):
+    argv = ["train", "--activation", "crelu", "--sparsity", "0.8", "--depth", "2", "--width", "16", "--epochs", "1",
+            "--threads", "1", "--data-dir", str(mnist_subset_dir), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a finished run" in err and "--overwrite" in err
+    assert main([*argv, "--overwrite"]) == 0
+    assert main([*argv, "--overwrite", "--resume", str(tmp_path / "r")]) == 2
+
+
+@pytest.mark.parametrize("target, error", [
+    ("save_file", OSError(errno.ENOSPC, "No space left on device")),
+    ("save_file", RuntimeError("SafetensorError: No space left on device")),
+    ("torch_save", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")),
+])
+def test_a_full_disk_names_the_file_and_leaves_no_partial_file(tmp_path, mnist_subset_dir, monkeypatch, capsys,
+                                                               target, error):
+    """M5: disk full while saving gave a traceback and left a partial temporary file."""
+    def full_disk(obj, path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise error
+
+    if target == "save_file":
+        monkeypatch.setattr(run_module, "save_file", lambda tensors, path: full_disk(tensors, path))
+        name = "model.safetensors"
+    else:
+        import sparse_eoc.train.checkpoint as checkpoint
+
+        monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+        name = "checkpoint.pt"
+    run = tmp_path / "r"
+    argv = ["train", "--activation", "crelu", "--sparsity", "0.8", "--depth", "2", "--width", "16", "--epochs", "1",
+            "--threads", "1", "--data-dir", str(mnist_subset_dir), "--out", str(run), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run / name}: cannot write" in err
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert not (run / "result.json").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, mnist_subset_dir, monkeypatch, capsys):
+    """L3: Ctrl-C printed a KeyboardInterrupt traceback and exited with -2."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "fit", interrupted)
+    argv = ["train", "--activation", "relu", "--depth", "2", "--width", "16", "--epochs", "1",
+            "--data-dir", str(mnist_subset_dir), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sparse-eoc train: interrupted"
+
+
+def test_load_run_refuses_an_unfinished_run_and_a_diverged_one_without_weights(tmp_path, mnist_subset_dir):
+    """H3: infer/load_run did not check result.json; L4: a weightless diverged run was 'not a run directory'."""
+    run = tmp_path / "run"
+    train(config(mnist_subset_dir), run, progress=False)
+    (run / "result.json").unlink()
+    with pytest.raises(ValueError, match=r"not a finished run"):
+        load_run(run)
+    diverged = tmp_path / "diverged"
+    result = train(config(mnist_subset_dir, activation="relu_tau", sparsity=0.85, slope=None, depth=4, width=32,
+                                 lr=1e6, batch_size=128),
+                   diverged, progress=False)
+    assert result["status"] == "diverged" and result["epochs_completed"] == 0
+    with pytest.raises(ValueError, match=r"diverged before its first epoch completed, so it has no weights"):
+        load_run(diverged)
