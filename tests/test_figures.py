@@ -48,3 +48,16 @@ def test_write_figures_unknown_number(tmp_path, only):
     with pytest.raises(ValueError, match=r"only must be one of \[1, 2, 3, 4, 5, 6, 7\]"):
         write_figures(tmp_path, only=only, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_palette_is_plotstyles_and_covers_every_activation():
+    # One palette (sparse_eoc.plotstyle, no matplotlib) for the theory and the report figures;
+    # sparse_eoc.figures keeps the names importable.
+    from sparse_eoc import figures, plotstyle
+    from sparse_eoc.activations import ACTIVATIONS
+    from sparse_eoc.experiments import report_figures
+
+    assert (figures.COLORS, figures.CMAPS, figures.LABELS) == (plotstyle.COLORS, plotstyle.CMAPS, plotstyle.LABELS)
+    assert figures.LABELS is report_figures.LABELS is plotstyle.LABELS
+    assert set(plotstyle.COLORS) == set(plotstyle.LABELS) == {"relu", *ACTIVATIONS}
+    assert set(plotstyle.CMAPS) == set(ACTIVATIONS)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import operator
+import os
 
-__all__ = ["check_int"]
+__all__ = ["check_int", "physical_memory_bytes"]
 
 
 def check_int(name: str, value, *, minimum: int = 1) -> int:
@@ -22,3 +23,13 @@ def check_int(name: str, value, *, minimum: int = 1) -> int:
     if result < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
     return result
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory in bytes (None where the OS does not say): what network
+    sizes are checked against before anything is built (less may still not fit beside other
+    processes, so only what cannot fit at all is refused)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - no sysconf
+        return None

@@ -1,6 +1,6 @@
 """The paper's theory figures, each drawn by one function into a fresh matplotlib Figure.
 
-Price et al., ICLR 2024 (THEORY.md): the activations, the variance map V(q) on the
+Price et al., ICLR 2024 (docs/theory.md sections 2-4): the activations, the variance map V(q) on the
 Edge of Chaos, the slope V'(q*) and curvature V''(q*) against the clip m, the
 bifurcation of V, the correlation map R(rho), finite-width propagation at
 initialisation, and the (s, m) stability diagram of the clipped activations.
@@ -9,8 +9,9 @@ Every function builds a :class:`matplotlib.figure.Figure` directly (no pyplot, n
 global state; saving a png/pdf picks the Agg/PDF canvas itself) and returns it.
 :data:`FIGURES` maps each figure number to (file stem, caption, function), and
 :func:`write_figures` saves them as ``NN_stem.png``/``.pdf`` with an ``index.md``.
-Colours are fixed per activation across figures (:data:`COLORS`). All theory is at
-q* = 1 (the scale invariance of THEORY.md 4.5 makes that no loss of generality).
+Colours are fixed per activation across figures (:data:`COLORS`, from
+:mod:`sparse_eoc.plotstyle`). All theory is at q* = 1 (the scale invariance of
+docs/theory.md section 4.5 makes that no loss of generality).
 
 Example::
 
@@ -39,9 +40,11 @@ from sparse_eoc.gp import (
     solve_eoc,
     variance_map,
 )
+from sparse_eoc.plotstyle import CMAPS, COLORS, LABELS  # the palette; importable from here too
 
 __all__ = [
     "COLORS",
+    "CMAPS",
     "LABELS",
     "FIGURES",
     "draw_activations",
@@ -54,12 +57,6 @@ __all__ = [
     "write_figures",
 ]
 
-#: One colour per activation, used by every figure (``relu`` is relu_tau with tau = 0).
-COLORS = {"relu": "0.35", "relu_tau": "tab:red", "st_tau": "tab:orange", "crelu": "tab:blue", "cst": "tab:green"}
-#: Sequential colour maps matching COLORS, for a family of curves of one activation.
-CMAPS = {"relu_tau": "Reds", "st_tau": "Oranges", "crelu": "Blues", "cst": "Greens"}
-#: Mathtext names of the activations.
-LABELS = {"relu": "ReLU", "relu_tau": r"ReLU$_\tau$", "st_tau": r"ST$_\tau$", "crelu": "CReLU", "cst": "CST"}
 #: The paper's headline sparsity, and the V'(q*) used for a clipped activation unless stated.
 SPARSITY = 0.85
 SLOPE = 0.7
@@ -103,7 +100,7 @@ def _mark_fixed_point(ax: Axes, q: float, y: float, stability: str, color) -> No
 
 
 def draw_activations(tau: float = 1.0, m: float = 1.0) -> Figure:
-    """The five activations on x in [-4, 4], one panel each (paper Figure 1, THEORY.md section 2).
+    """The five activations on x in [-4, 4], one panel each (paper Figure 1, docs/theory.md section 2).
 
     ReLU, ReLU_tau and ST_tau at threshold tau; CReLU and CST at tau and clip m. The
     dotted diagonal is the identity; the zero set (|x| <= tau, or x <= tau) is shaded.
@@ -133,7 +130,7 @@ def draw_activations(tau: float = 1.0, m: float = 1.0) -> Figure:
 
 
 def draw_variance_maps(sparsities: Sequence[float] = (0.6, 0.7, 0.85)) -> Figure:
-    """V(q) against the identity on the EoC at q* = 1 (paper Figures 2-3, THEORY.md 4.1-4.2).
+    """V(q) against the identity on the EoC at q* = 1 (paper Figures 2-3, docs/theory.md sections 4.1-4.2).
 
     Left: ReLU_tau and ST_tau: V is convex and tangent to the identity at q*
     (V'(q*) = 1), so V(q) > q on both sides: q* is half-stable. Right: CReLU and CST
@@ -175,7 +172,7 @@ def draw_variance_maps(sparsities: Sequence[float] = (0.6, 0.7, 0.85)) -> Figure
 def draw_slope_curvature(
     sparsities: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9), activations: Sequence[str] = ("crelu", "cst")
 ) -> Figure:
-    """V'(q*) and V''(q*) on the EoC against the clip m (paper Figure 4, THEORY.md 4.2-4.4).
+    """V'(q*) and V''(q*) on the EoC against the clip m (paper Figure 4, docs/theory.md sections 4.2-4.4).
 
     One row per clipped activation, one curve per sparsity s (darker = sparser).
     V'(q*) rises monotonically from 0 to 1; V''(q*) first dips below 0, then rises to
@@ -213,7 +210,7 @@ def draw_slope_curvature(
 
 
 def draw_bifurcation(sparsity: float = SPARSITY) -> Figure:
-    """V(q) - q past the bifurcation: two extra fixed points above q* (THEORY.md 4.3).
+    """V(q) - q past the bifurcation: two extra fixed points above q* (docs/theory.md section 4.3).
 
     CST with V'(q*) = 0.9 (m = 1.53 > m_b = 1.33) and CReLU with m = 2.5
     (> m_b = 1.84) each have q* = 1 (stable), an unstable fixed point just above it and
@@ -266,7 +263,7 @@ def draw_bifurcation(sparsity: float = SPARSITY) -> Figure:
 
 
 def draw_correlation_maps(sparsity: float = SPARSITY) -> Figure:
-    """The correlation map R(rho) on the EoC at q* = 1 (paper Figure 5, THEORY.md sections 1, 3, 4.4).
+    """The correlation map R(rho) on the EoC at q* = 1 (paper Figure 5, docs/theory.md sections 1.2, 3.4 and 4.4).
 
     ReLU (s = 0.5) for reference; ReLU_tau, ST_tau, CReLU and CST at s = 0.85 (clipped:
     V'(q*) = 0.7). All pass through R(1) = 1 with slope chi_1 = 1; the sparse ones map
@@ -307,7 +304,7 @@ def draw_propagation(
     batch_size: int = 32,
     activations: Sequence[str] = ("relu_tau", "st_tau", "crelu", "cst"),
 ) -> Figure:
-    """Empirical q^l over depth at finite width against the theory (THEORY.md 4.1-4.2, paper Section 4).
+    """Empirical q^l over depth at finite width against the theory (docs/theory.md sections 4.1-4.2, paper Section 4).
 
     ``seeds`` random EoC MLPs per activation (Gaussian inputs scaled so q^1 = q* = 1;
     clipped ones at V'(q*) = 0.7) via :func:`sparse_eoc.nn.propagate.propagate`. Left:
@@ -364,7 +361,7 @@ def draw_propagation(
 def draw_stability_diagram(
     n_sparsities: int = 31, s_range: tuple[float, float] = (0.5, 0.95), m_top: float = 4.0
 ) -> Figure:
-    """Where the clipped EoC is safe, over (sparsity s, clip m) (THEORY.md 4.2-4.3, paper Section 4).
+    """Where the clipped EoC is safe, over (sparsity s, clip m) (docs/theory.md sections 4.2-4.3, paper Section 4).
 
     Two panels (CReLU, CST). Shaded: m > m_b(s), the bifurcated region where V has
     three fixed points; unshaded below: q* is the only fixed point. Lines: the clip

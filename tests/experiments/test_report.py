@@ -151,7 +151,7 @@ def test_table_numbers_by_hand(sweep):
     assert c09["completed_accuracy_mean"] == pytest.approx(0.6) and c09["completed_accuracy_std"] is None
     assert c09["train_sparsity_mean"] == pytest.approx(0.83)  # the completed run only
 
-    cst = _row(rows, "cst", 0.85, 0.9)  # THEORY.md 4: CST s = 0.85, V' = 0.9 is past its bifurcation
+    cst = _row(rows, "cst", 0.85, 0.9)  # docs/theory.md section 4.7: CST s = 0.85, V' = 0.9 is past its bifurcation
     assert cst["m"] == pytest.approx(1.5343, abs=1e-4)
     assert cst["bifurcation_m"] == pytest.approx(bifurcation_m("cst", 0.85)) and cst["bifurcation_m"] < cst["m"]
     assert cst["below_bifurcation"] is False
@@ -345,3 +345,82 @@ def test_report_module_does_not_import_torch():
     code = "import sys, sparse_eoc.experiments.report; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def _drop_eoc_sparsity(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    del config["eoc"]["sparsity"]
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _no_classes(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    config["network"]["num_classes"] = 0
+    (run / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("spoil, file, field", [
+    (lambda run: (run / "result.json").write_text("[1, 2]"), "result.json", "not a run's result"),
+    (lambda run: (run / "result.json").write_text("{not json"), "result.json", "not valid JSON"),
+    (_drop_eoc_sparsity, "config.json", "eoc.sparsity is missing"),
+    (_no_classes, "config.json", "network.num_classes must be an integer >= 1, got 0"),
+    (lambda run: (run / "metrics.jsonl").write_text("[1]\n"), "metrics.jsonl", "line 1: not a JSON object"),
+])
+def test_a_malformed_run_is_refused_by_load_runs_and_skipped_by_the_report(sweep, tmp_path, capsys, spoil, file,
+                                                                           field):
+    bad = sweep / "runs" / "c09-0"
+    spoil(bad)
+    with pytest.raises(ValueError, match=f"c09-0/{file}.*{field}"):  # one line naming the file and the field
+        load_runs(sweep)
+    notes: list[str] = []
+    assert len(load_runs(sweep, notes=notes)) == 9 and len(notes) == 1
+    assert str(bad / file) in notes[0] and field in notes[0]
+
+    summary = write_report(sweep, tmp_path / "rep", formats=("png",))  # the other 9 finished runs still report
+    assert (summary.n_found, summary.n_finished, summary.n_unfinished, summary.n_skipped) == (11, 9, 1, 1)
+    assert summary.notes[0] == notes[0]
+    c09 = _row(list(csv.DictReader((tmp_path / "rep" / "table.csv").read_text().splitlines())), "crelu", "0.85",
+               "0.9")
+    assert c09["n_runs"] == "1" and c09["n_diverged"] == "1"  # only the diverged seed is left
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "11 found, 9 finished (7 completed, 2 diverged), 1 unfinished" in index and "1 skipped" in index
+    assert f"- {notes[0]}" in index
+
+    assert main(["report", str(sweep), "--out", str(tmp_path / "rep2")]) == 0
+    assert f"note: {notes[0]}" in capsys.readouterr().err
+
+
+def test_only_a_run_whose_result_says_completed_or_diverged_is_finished(sweep, tmp_path):
+    # as a sweep counts it (sparse_eoc.runs.files.FINISHED): another status is an unfinished run
+    path = sweep / "runs" / "cst09-0" / "result.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "weird"}))
+    assert "cst09-0" not in [r.path.name for r in load_runs(sweep)]
+    (weird,) = [r for r in load_runs(sweep, include_unfinished=True) if r.path.name == "cst09-0"]
+    assert not weird.finished and not weird.diverged and weird.accuracy() is None
+    summary = write_report(sweep, tmp_path / "rep", formats=("png",))
+    assert (summary.n_found, summary.n_finished, summary.n_unfinished, summary.n_skipped) == (11, 9, 2, 0)
+    assert any(str(path) in note and "'weird'" in note and "unfinished" in note for note in summary.notes)
+    assert "cst" not in (tmp_path / "rep" / "table.csv").read_text()
+
+
+def test_a_report_of_only_malformed_runs_says_why(tmp_path):
+    run = write_run(tmp_path, "a", activation="relu", accs=[0.5])
+    (run / "result.json").write_text("null")
+    with pytest.raises(ValueError, match=r"no finished run.*0 unfinished, 1 skipped; run skipped: .*a/result.json"):
+        write_report(tmp_path, tmp_path / "rep")
+
+
+@pytest.mark.parametrize("module", ["sparse_eoc.plotstyle", "sparse_eoc.experiments.results",
+                                    "sparse_eoc.experiments.report_table"])
+def test_the_table_modules_do_not_import_matplotlib(module):
+    # Nothing below the figures imports matplotlib: the results table reads JSON and names
+    # activations with the palette of sparse_eoc.plotstyle.
+    code = f"import sys, {module}; print('matplotlib' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_the_matplotlib_check_sees_it_when_it_is_imported():
+    code = "import sys, sparse_eoc.experiments.report_figures; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

@@ -1,5 +1,6 @@
 """Sweeps: run directories, sweep.json, skipping and resuming, failures, backends, the CLI, kill -9."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -9,11 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from dataset_files import write_idx
 
 from sparse_eoc.cli import main
 from sparse_eoc.experiments import get_experiment, plan_sweep, run_status, run_sweep
-from sparse_eoc.experiments.sweep import SWEEP_FILE
+from sparse_eoc.experiments import sweep as sweep_module
+from sparse_eoc.experiments.results import load_runs
+from sparse_eoc.experiments.sweep import SWEEP_FILE, busy_warning
 
 SMOKE = dict(experiment="dnn-table", preset="smoke")
 
@@ -44,6 +49,12 @@ def assert_close(a, b, tol=1e-6):
         assert abs(a - b) <= tol
     else:
         assert a == b
+
+
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """The sweep sees no load average (no busy-machine warning in its log) unless a test sets one."""
+    monkeypatch.setattr(sweep_module, "_load_average", lambda: None)
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +166,71 @@ def test_bad_sweep_arguments(tmp_path, kwargs, message):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("record, message", [
+    ([1, 2], "not a sweep record .* got a JSON list"),
+    ({"experiment": "dnn-table", "preset": "smoke", "runs": [1, 2]}, "runs must be a list of JSON objects"),
+    ({"experiment": "dnn-table", "preset": "smoke", "runs": {"a": 1}}, "runs must be a list of JSON objects"),
+])
+def test_a_malformed_sweep_record_is_a_one_line_error_naming_it(tmp_path, capsys, record, message):
+    (tmp_path / SWEEP_FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=f"{tmp_path / SWEEP_FILE}: {message}"):
+        run_sweep(**SMOKE, data_dir=tmp_path, out=tmp_path, dry_run=True, progress=False, log=lambda s: None)
+    code = main(["sweep", "--experiment", "dnn-table", "--preset", "smoke", "--data-dir", str(tmp_path),
+                 "--out", str(tmp_path), "--dry-run", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(tmp_path / SWEEP_FILE) in err and "Traceback" not in err
+
+
+def test_a_run_is_finished_for_the_report_as_for_the_sweep(tmp_path):
+    from sparse_eoc.experiments.results import FINISHED
+    from sparse_eoc.runs.files import FINISHED as RUN_FILES_FINISHED
+    from sparse_eoc.train.run import FINISHED as TRAIN_FINISHED
+
+    assert FINISHED is RUN_FILES_FINISHED is TRAIN_FINISHED  # one definition, in the run-files floor
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    eoc = {"activation": "crelu", "sparsity": 0.85, "slope": 0.7, "m": 1.17, "q_star": 1.0}
+    (run / "config.json").write_text(json.dumps({"activation": "crelu", "eoc": eoc}))
+    for status, finished in (("weird", False), ("completed", True), ("diverged", True)):
+        (run / "result.json").write_text(json.dumps({"status": status, "test_accuracy": 0.5}))
+        assert (run_status(run) == status) == finished and (run_status(run) == "started") != finished
+        assert bool(load_runs(tmp_path)) == finished
+
+
+@pytest.mark.parametrize("load, cores, workers, cpus, warns", [
+    (1.0, 2, 1, 2, False),   # only this process: idle machine
+    (1.4, 2, 1, 2, False),   # another process's 0.4 core: tolerated
+    (2.0, 2, 1, 2, True),    # another process keeps a core busy: 2 threads on 1 free core
+    (2.0, 2, 1, 1, False),   # one thread per run already
+    (3.0, 8, 2, 4, True),    # 8 threads on 6 free cores
+    (3.0, 8, 2, 3, False),   # 6 threads fit
+    (None, 2, 1, 2, False),  # no load average on this OS
+])
+def test_busy_warning(load, cores, workers, cpus, warns):
+    message = busy_warning(load, cores=cores, workers=workers, cpus_per_run=cpus)
+    assert (message is not None) == warns
+    if warns:
+        assert "--cpus-per-run" in message and "busy" in message
+
+
+def test_a_sweep_on_a_busy_machine_warns_once_with_the_default_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "available_cores", lambda: 4)
+    monkeypatch.setattr(sweep_module, "_load_average", lambda: 3.0)  # 2 cores busy besides this process
+
+    def lines(**kwargs) -> list[str]:
+        got: list[str] = []
+        run_sweep(**SMOKE, data_dir=tmp_path, out=tmp_path / "s", dry_run=True, progress=False, log=got.append,
+                  **kwargs)
+        return [line for line in got if "busy" in line]
+
+    (warning,) = lines()  # default: 4 threads per run, 2 cores free
+    assert "--cpus-per-run 2" in warning and "load average 3.0 on 4 cores" in warning
+    assert lines(cpus_per_run=4) == []  # asked for: no warning
+    assert lines(overrides={"threads": 4}) == []
+    monkeypatch.setattr(sweep_module, "_load_average", lambda: 1.2)
+    assert lines() == []
+
+
 def test_ray_backend_without_ray_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(ImportError, match=r"pip install 'sparse-eoc\[ray\]'"):
@@ -248,3 +324,68 @@ def test_ray_backend_matches_the_local_backend(smoke_sweep, tmp_path, mnist_subs
     record = json.loads((tmp_path / SWEEP_FILE).read_text())
     assert (record["backend"], record["cpus_per_run"]) == ("ray", threads)
     assert_close(results(tmp_path), results(local.out), tol=1e-6)
+
+
+def write_tiny_mnist(directory: Path, n_train: int = 256, n_test: int = 64) -> Path:
+    """Random 28x28 images and labels 0..9 in MNIST's IDX files (a fraction of a second an epoch)."""
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
+    return directory
+
+
+def processes() -> dict[int, tuple[int, int, str]]:
+    """{pid: (parent pid, start time in clock ticks, state)} of every process, from /proc/<pid>/stat."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ..., starttime
+            out[int(stat.parent.name)] = (int(fields[1]), int(fields[19]), fields[0])
+    return out
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:150]
+    except OSError:
+        return f"{pid} (gone)"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_kill_9_of_the_main_process_alone_ends_its_workers(tmp_path):
+    # kill -9 of the main process only (not its group, unlike the test above): its spawn
+    # worker and the multiprocessing resource tracker are re-parented; they must not go on
+    # training (a rerun would train the same runs at once) nor wait forever.
+    data = write_tiny_mnist(tmp_path / "data")
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "sparse_eoc", "sweep", "--experiment", "dnn-table", "--preset", "smoke",
+               "--data-dir", str(data), "--out", str(out), "--workers", "1", "--cpus-per-run", "1",
+               "--no-progress", "--set", "epochs=1000"]
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size for p in out.glob("runs/*/metrics.jsonl")):  # a worker is training
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no run started training within 120 s"
+            time.sleep(0.05)
+        children = {pid: start for pid, (ppid, start, _) in processes().items() if ppid == proc.pid}
+        assert children, "the sweep started no process"
+        os.kill(proc.pid, signal.SIGKILL)  # the main process alone
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            table = processes()
+            alive = {pid: table[pid] for pid, start in children.items()
+                     if pid in table and table[pid][1] == start and table[pid][2] not in "ZX"}  # not a zombie
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert not alive, f"still running 10 s after the main process died: {[command_line(p) for p in alive]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the sweep's process group
+        proc.wait()

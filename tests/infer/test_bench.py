@@ -71,3 +71,63 @@ def test_cli_json_and_the_script(mnist_subset_dir, tmp_path, capsys):
     help_text = subprocess.run([sys.executable, str(REPO / "benchmarks" / "inference.py"), "--help"],
                                capture_output=True, text=True, check=True).stdout
     assert "--widths" in help_text and "--repeats" in help_text
+
+
+def _one_line_error(capsys, argv) -> str:
+    """Run the CLI, expecting exit code 2 and one line on stderr; return that line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("extra, option", [(["--widths", "1000000000"], "--widths:"),
+                                           (["--widths", "300", "--depth", "1000000000"], "--widths/--depth:"),
+                                           (["--widths", "300", "--batches", "1000000000"], "--batches:")])
+def test_sizes_that_cannot_fit_in_memory_are_refused_first(tmp_path, capsys, extra, option):
+    # The data directory does not exist: the sizes are refused before the data is read.
+    err = _one_line_error(capsys, ["bench-inference", "--data-dir", str(tmp_path / "none"), *extra])
+    assert option in err and "GiB" in err
+
+
+def test_the_default_grid_fits_in_1_gib():
+    from sparse_eoc.infer.bench import DEFAULT_BATCHES, DEFAULT_WIDTHS, check_memory
+
+    check_memory(DEFAULT_WIDTHS, None, DEFAULT_BATCHES, memory=2**30)  # width 4096 x depth 8: ~0.9 GiB
+    with pytest.raises(ValueError, match="--widths: a depth-8, width-4096 MLP"):
+        check_memory(DEFAULT_WIDTHS, None, DEFAULT_BATCHES, memory=2**29)
+
+
+def test_an_empty_test_split_is_one_line(mnist_subset_dir, monkeypatch, capsys):
+    import dataclasses
+
+    import sparse_eoc.data
+    from sparse_eoc.data import load_image_dataset
+
+    def empty_test_split(*args, **kwargs):  # the loader itself may refuse it; the benchmark must not rely on that
+        data = load_image_dataset(*args, **kwargs)
+        return dataclasses.replace(data, x_test=data.x_test[:0], y_test=data.y_test[:0])
+
+    monkeypatch.setattr(sparse_eoc.data, "load_image_dataset", empty_test_split)
+    err = _one_line_error(capsys, ["bench-inference", "--data-dir", str(mnist_subset_dir), "--widths", "16",
+                                   "--depth", "2", "--batches", "1", "--sparsities", "0.85", "--repeats", "1"])
+    assert "the test split holds no images" in err
+
+
+@pytest.mark.parametrize("out, message", [(".", "is a directory"), ("missing/rows.json", "does not exist"),
+                                          ("/proc/rows.json", "cannot create a file in /proc")])
+def test_an_unwritable_out_is_refused_before_the_benchmark_runs(mnist_subset_dir, tmp_path, monkeypatch, capsys,
+                                                                out, message):
+    """/proc takes no new files, even from root (for whom permission bits do not count)."""
+    import sparse_eoc.infer.bench
+
+    if out.startswith("/proc") and not Path("/proc").is_dir():
+        pytest.skip("no /proc on this system")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the benchmark ran before --out was checked")
+
+    monkeypatch.setattr(sparse_eoc.infer.bench, "run_benchmark", must_not_run)
+    err = _one_line_error(capsys, ["bench-inference", "--data-dir", str(mnist_subset_dir), "--widths", "16",
+                                   "--out", str(tmp_path / out)])
+    assert "--out" in err and message in err

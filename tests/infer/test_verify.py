@@ -3,11 +3,13 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from sparse_eoc.cli import main
-from sparse_eoc.infer import SparseEngine, evaluate_run, kinks, near_kink
+from sparse_eoc.gp.gaussian import kinks
+from sparse_eoc.infer import SparseEngine, evaluate_run, near_kink
 from sparse_eoc.nn import SparseMLP
 from sparse_eoc.train import TrainConfig, load_run, train
 
@@ -17,11 +19,12 @@ from sparse_eoc.train import TrainConfig, load_run, train
     [
         ("relu_tau", 0.5, math.inf, (0.5,)),
         ("crelu", 0.5, 2.0, (0.5, 2.5)),
-        ("st_tau", 0.5, math.inf, (0.5, -0.5)),
-        ("cst", 0.5, 2.0, (0.5, 2.5, -0.5, -2.5)),
+        ("st_tau", 0.5, math.inf, (-0.5, 0.5)),
+        ("cst", 0.5, 2.0, (-2.5, -0.5, 0.5, 2.5)),
     ],
 )
 def test_kinks_are_the_thresholds_and_clips(activation, tau, m, expected):
+    """near_kink's kinks are the theory's (sparse_eoc.gp.gaussian.kinks: ascending)."""
     assert kinks(activation, tau, m) == expected
 
 
@@ -119,3 +122,79 @@ def test_infer_command_text_and_errors(trained_run, mnist_subset_dir, tmp_path, 
     assert "batch_size must be an integer >= 1" in capsys.readouterr().err
     assert main(["infer", "--run", str(trained_run), "--data-dir", str(mnist_subset_dir), "--limit", "0"]) == 2
     assert "limit must be an integer >= 1" in capsys.readouterr().err
+
+
+def _infer_error(capsys, run, data_dir, *options) -> str:
+    """``sparse-eoc infer`` that must fail: exit code 2 and one line on stderr, returned."""
+    assert main(["infer", "--run", str(run), "--data-dir", str(data_dir), *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def _run_copy(trained_run, dest, *, weights: bool = True, status: str = "completed", **network):
+    """A copy of ``trained_run`` in ``dest`` with its result's status and network fields replaced."""
+    import shutil
+
+    dest.mkdir()
+    config = json.loads((trained_run / "config.json").read_text())
+    config["network"].update(network)
+    (dest / "config.json").write_text(json.dumps(config))
+    result = json.loads((trained_run / "result.json").read_text())
+    (dest / "result.json").write_text(json.dumps({**result, "status": status}))
+    if weights:
+        shutil.copy(trained_run / "model.safetensors", dest / "model.safetensors")
+    return dest
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--threads", "--repeats", "--limit"])
+def test_infer_checks_its_options_before_the_run(tmp_path, capsys, option):
+    err = _infer_error(capsys, tmp_path / "no-run", tmp_path, option, "0")
+    assert f"{option[2:].replace('-', '_')} must be an integer >= 1" in err
+
+
+def test_infer_refuses_a_network_that_cannot_fit_in_memory(trained_run, mnist_subset_dir, tmp_path, capsys):
+    # Width 10^7 at depth 2: a 10^7 x 10^7 hidden layer, 400 TB of float32 weights; refused before it is built.
+    run = _run_copy(trained_run, tmp_path / "huge", width=10**7, depth=2)
+    err = _infer_error(capsys, run, mnist_subset_dir)
+    assert str(run) in err and "width-10000000 MLP needs at least" in err and "memory" in err
+
+
+def test_infer_on_a_run_that_diverged_before_any_epoch_says_so(trained_run, mnist_subset_dir, tmp_path, capsys):
+    run = _run_copy(trained_run, tmp_path / "diverged", weights=False, status="diverged")
+    err = _infer_error(capsys, run, mnist_subset_dir)
+    assert "diverged before" in err and "no weights" in err and "run directory?" not in err
+
+
+def _mnist_like(directory, *, size: int, classes: int, n_train: int = 240, n_test: int = 48):
+    """An MNIST-format directory of random size x size images, every one of ``classes`` labels in both splits."""
+    from dataset_files import write_idx
+
+    rng = np.random.default_rng(0)
+    directory.mkdir()
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, size, size), dtype=np.uint8))
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % classes)
+    return directory
+
+
+def test_infer_checks_the_data_against_the_run(trained_run, tmp_path, capsys):
+    err = _infer_error(capsys, trained_run, _mnist_like(tmp_path / "small", size=20, classes=10))
+    assert "--data-dir" in err and str(trained_run) in err and "(1, 20, 20)" in err and "(1, 28, 28)" in err
+    # Labels 10 and 11 would silently count as wrong for the run's 10 classes.
+    err = _infer_error(capsys, trained_run, _mnist_like(tmp_path / "twelve", size=28, classes=12))
+    assert "--data-dir" in err and str(trained_run) in err and "labels 0..11" in err and "10 classes" in err
+
+
+def test_infer_on_an_empty_test_split_is_one_line(trained_run, mnist_subset_dir, monkeypatch, capsys):
+    import dataclasses
+
+    import sparse_eoc.data
+    from sparse_eoc.data import load_image_dataset
+
+    def empty_test_split(*args, **kwargs):  # the loader itself may refuse it; infer must not rely on that
+        data = load_image_dataset(*args, **kwargs)
+        return dataclasses.replace(data, x_test=data.x_test[:0], y_test=data.y_test[:0])
+
+    monkeypatch.setattr(sparse_eoc.data, "load_image_dataset", empty_test_split)
+    assert "the test split holds no images" in _infer_error(capsys, trained_run, mnist_subset_dir)

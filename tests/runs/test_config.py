@@ -102,3 +102,16 @@ def test_parse_overrides_moved_here_and_still_exported_from_the_registry():
     from sparse_eoc.experiments.registry import parse_overrides as old
 
     assert old is parse_overrides and parse_overrides(["epochs=3"]) == {"epochs": 3}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": 1e39}, r"lr x readout_lr_scale must be at most 1e\+30"),
+    ({"lr": 1e20, "readout_lr_scale": 1e20}, r"lr x readout_lr_scale must be at most"),
+    ({"q_star": 1e300}, r"q_star must be in \[1e-06, 1e\+06\]"),
+    ({"q_star": 1e-300}, r"q_star must be in"),
+    ({"threads": 10**9}, r"threads must be an integer in 1\.\.1024"),
+])
+def test_values_that_overflow_float32_training_are_refused(changes, message):
+    """M3/M4: --lr 1e39 and --q-star 1e300 crashed in the first step; --threads 1e9 was accepted."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"activation": "crelu", "sparsity": 0.85, **changes})

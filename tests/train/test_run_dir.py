@@ -157,3 +157,40 @@ def test_load_run_refuses_an_unfinished_run_and_a_diverged_one_without_weights(t
     assert result["status"] == "diverged" and result["epochs_completed"] == 0
     with pytest.raises(ValueError, match=r"diverged before its first epoch completed, so it has no weights"):
         load_run(diverged)
+
+
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_built(tmp_path, mnist_subset_dir, capsys):
+    """M4: --depth 1e9 built layers until memory ran out; a kernel larger than the image never finished."""
+    base = ["train", "--activation", "crelu", "--sparsity", "0.8", "--epochs", "1", "--data-dir",
+            str(mnist_subset_dir), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*base, "--depth", "1000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--depth/--width: a depth-1000000000, width 300 mlp" in err and "GiB" in err
+    assert main([*base, "--model", "cnn", "--kernel-size", "99"]) == 2
+    assert "--kernel-size must be at most the image side 28, got --kernel-size 99" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_a_tampered_checkpoint_is_named_not_a_traceback(tmp_path, mnist_subset_dir, monkeypatch):
+    """M7: a checkpoint with bogus history, a string wall_seconds or wrong tensor shapes gave tracebacks."""
+    import torch
+
+    from sparse_eoc.train.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "save_checkpoint", _kill_after(run_module.save_checkpoint))
+        with pytest.raises(Killed):
+            train(config(mnist_subset_dir, epochs=2), run, progress=False)
+    good = torch.load(run / "checkpoint.pt", weights_only=True)
+    for change, message in (({"wall_seconds": "1"}, r"wall_seconds must be a number"),
+                            ({"history": [1]}, r"history must be 1 dicts"),
+                            ({"shuffle_rng": torch.zeros(3)}, r"shuffle_rng must be a uint8 tensor")):
+        torch.save({**good, **change}, run / "checkpoint.pt")
+        with pytest.raises(ValueError, match=r"checkpoint\.pt: not a consistent checkpoint \(" + message):
+            load_checkpoint(run / "checkpoint.pt")
+    model = dict(good["model"])
+    model["readout.weight"] = torch.zeros(3, 3)
+    torch.save({**good, "model": model}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: does not fit this run"):
+        train(config(mnist_subset_dir, epochs=2), run, progress=False, resume=True)

@@ -1,7 +1,7 @@
 """Named experiments: a grid of cells x seeds over a base training preset, per experiment preset.
 
 An *experiment* (``dnn-table``, ``cnn-table``) is the paper's table (Price et al., ICLR 2024,
-section 5; THEORY.md 5): activations x sparsities s x, for the clipped ones, slopes V'(q*),
+section 5; docs/theory.md section 5): activations x sparsities s x, for the clipped ones, slopes V'(q*),
 each trained with several seeds. An *experiment preset* (``paper``, ``cpu``, ``smoke``) says
 at what size: which training preset (:data:`sparse_eoc.train.PRESETS`) the runs start from,
 what it changes, which grid, and how many seeds.
@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from sparse_eoc.activations import canonical_name, get_activation
-from sparse_eoc.runs.config import TrainConfig
+from sparse_eoc.runs.config import (
+    NAME_FREE_SETTINGS,
+    TrainConfig,
+    default_settings,
+    name_settings,
+    parse_overrides,
+)
 from sparse_eoc.runs.presets import get_preset
 
 __all__ = [
@@ -52,9 +57,6 @@ __all__ = [
 
 #: Settings the grid chooses per cell; ``--set`` may not change them.
 GRID_SETTINGS = ("activation", "sparsity", "slope", "m")
-#: Settings that say where or how a run executes, not what it computes: they change
-#: neither a run's name nor its seed (the same run may move machines or thread counts).
-NAME_FREE_SETTINGS = ("data_dir", "device", "threads", "preset")
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def _canonical_settings(settings: Mapping[str, Any], drop: Sequence[str]) -> str
 def settings_hash(config: TrainConfig, *, length: int = 8) -> str:
     """A short stable hex digest of a run's settings, seed included, without
     :data:`NAME_FREE_SETTINGS`: equal settings give equal digests on every machine."""
-    text = _canonical_settings(config.to_dict(), NAME_FREE_SETTINGS)
+    text = _canonical_settings(name_settings(config), ())
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
@@ -141,7 +143,7 @@ def derive_seed(config: TrainConfig, index: int) -> int:
     """The seed of the ``index``-th run of a cell: a stable hash of the settings without the
     seed (and without :data:`NAME_FREE_SETTINGS`), of ``config.seed`` (a salt: ``--set seed=K``
     draws another set of seeds) and of ``index``. Returns an int in [0, 2**31)."""
-    text = _canonical_settings(config.to_dict(), ("seed", *NAME_FREE_SETTINGS))
+    text = _canonical_settings(name_settings(config), ("seed",))
     text += f"|salt={config.seed}|index={index}"
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 2**31
 
@@ -176,7 +178,7 @@ class Experiment:
         if grid_keys:
             raise ValueError(f"{', '.join(grid_keys)} cannot be overridden: the experiment's grid sets "
                              f"{', '.join(GRID_SETTINGS)} per run")
-        return {**_defaults(), **get_preset(p.train_preset), "preset": p.train_preset,
+        return {**default_settings(), **get_preset(p.train_preset), "preset": p.train_preset,
                 **p.settings, **overrides}
 
     def runs(self, preset: str, *, overrides: Mapping[str, Any] | None = None,
@@ -219,62 +221,6 @@ def estimate_seconds(runs: Sequence[RunSpec], preset: ExperimentPreset) -> float
     return float(sum(r.config.epochs * preset.epoch_seconds + preset.run_seconds for r in runs))
 
 
-def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in fields(TrainConfig)}
-
-
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _parse_value(key: str, text: str, hint: Any) -> Any:
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    kinds = [a for a in args if a is not type(None)] if args else [hint]
-    if optional and text.strip().lower() in ("none", "null"):
-        return None
-    kind = kinds[0]
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"--set {key}={text}: {key} takes true or false")
-    if kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"--set {key}={text}: {key} takes {'an integer' if kind is int else 'a number'}"
-                             + (" or none" if optional else "")) from None
-    return text
-
-
-def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["epochs=3", "lr=0.01", "threads=none"]`` -> ``{"epochs": 3, "lr": 0.01, "threads": None}``.
-
-    Each value is parsed by its TrainConfig field's type (int, float, bool: true/false,
-    str; ``none`` for an optional setting); a later item replaces an earlier one. Whether
-    the value is in range is checked when the configs are built.
-
-    Raises:
-        ValueError: an item without ``=``, an unknown key (the message lists the valid
-            ones), or a value that does not parse as the field's type.
-    """
-    hints = _field_types()
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"--set takes key=value, got {item!r}")
-        if key not in hints:
-            raise ValueError(f"--set {item}: unknown setting {key!r}; valid keys: "
-                             f"{', '.join(f.name for f in fields(TrainConfig))}")
-        out[key] = _parse_value(key, text, hints[key])
-    return out
-
-
 # ---------------------------------------------------------------- the registry
 
 _TABLE_ACTIVATIONS = ("relu", "relu_tau", "st_tau", "crelu", "cst")
@@ -294,8 +240,8 @@ EXPERIMENTS: Mapping[str, Experiment] = MappingProxyType({
             "paper": ExperimentPreset(
                 "mlp-paper", {}, Grid(**_TABLE, seeds=5),
                 epoch_seconds=40.0, run_seconds=10.0,
-                note="depth 100, width 300, SGD lr 1e-4, 200 epochs, 5 seeds (THEORY.md 5); "
-                     "epoch time of depth 100 on the 2-core CPU (THEORY.md 6)",
+                note="depth 100, width 300, SGD lr 1e-4, 200 epochs, 5 seeds (docs/theory.md section 5.1); "
+                     "epoch time of depth 100 on the 2-core CPU (docs/theory.md section 6)",
             ),
             # Depth 40, not mlp-mnist-cpu's 30: at depth 30 relu_tau at s = 0.7 (V''(q*) = 0.30)
             # still trains (0.958 in a depth-30 sweep), at depth 40 it diverges within 5 steps,
@@ -325,7 +271,7 @@ EXPERIMENTS: Mapping[str, Experiment] = MappingProxyType({
             "paper": ExperimentPreset(
                 "cnn-paper", {}, Grid(**_TABLE, seeds=1),
                 epoch_seconds=None,
-                note="depth 50, 300 channels, SGD lr 1e-3, 200 epochs, 1 seed, CIFAR-10 (THEORY.md 5): GPU-sized",
+                note="depth 50, 300 channels, SGD lr 1e-3, 200 epochs, 1 seed, CIFAR-10 (docs/theory.md section 5.1): GPU-sized",
             ),
             "cpu": ExperimentPreset(
                 "cnn-mnist-cpu", {},

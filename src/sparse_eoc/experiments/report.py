@@ -1,6 +1,6 @@
 """The sweep report: the results table and the training figures of a directory of finished runs.
 
-Price et al., ICLR 2024, section 5 (THEORY.md 5). :func:`write_report` writes the table
+Price et al., ICLR 2024, section 5 (docs/theory.md section 5). :func:`write_report` writes the table
 (:mod:`sparse_eoc.experiments.results`, :mod:`sparse_eoc.experiments.report_table`),
 the figures (:mod:`sparse_eoc.experiments.report_figures`) and an ``index.md``. What a
 run, a cell and a diverged run's accuracy mean is defined in
@@ -28,15 +28,16 @@ from matplotlib.figure import Figure
 from sparse_eoc.experiments.report_figures import draw_accuracy_vs_sparsity, draw_layer_stats, draw_loss_curves
 from sparse_eoc.experiments.report_table import table_csv, table_markdown
 from sparse_eoc.experiments.results import (
-    _COUNTED,
-    _IDENTITY,
+    COUNTED,
     DIVERGED_CONVENTIONS,
+    FINISHED,
+    IDENTITY,
     IGNORED_SETTINGS,
     Run,
-    _group,
-    _select,
-    _spec_of,
     build_table,
+    cell_spec,
+    choose_cells,
+    group_cells,
     load_runs,
     select_cells,
 )
@@ -68,11 +69,14 @@ class ReportSummary:
 
     Attributes:
         paths: the files written: table.md, table.csv, the figures, index.md last.
-        n_found: run directories found (finished or not).
-        n_finished: with a result.json.
+        n_found: run directories found: finished, unfinished or skipped.
+        n_finished: with a result.json whose status is completed or diverged (``FINISHED``).
         n_diverged: finished runs whose status is ``diverged``.
-        n_unfinished: without a result.json (not tabulated).
-        notes: why a figure was skipped, one line each.
+        n_unfinished: without such a result.json (not tabulated).
+        notes: one line each: a run skipped because a file of it is malformed (naming the
+            file and the field), a result.json whose status is not finished, a figure
+            skipped and why.
+        n_skipped: runs left out because a file of theirs is malformed (see ``notes``).
     """
 
     paths: list[Path]
@@ -81,6 +85,7 @@ class ReportSummary:
     n_diverged: int
     n_unfinished: int
     notes: list[str]
+    n_skipped: int = 0
 
 
 def _save(fig: Figure, out: Path, stem: str, formats: Sequence[str]) -> list[Path]:
@@ -110,6 +115,10 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike, *, cells:
         diverged: the convention for diverged runs' accuracy (:data:`DIVERGED_CONVENTIONS`).
         formats: figure file formats matplotlib writes, e.g. ("png", "pdf"); png at 200 dpi.
 
+    A run whose files are malformed (see :func:`load_runs`) is skipped, not fatal: the
+    summary's and the index's notes name its file and why. A run is finished as a sweep
+    counts it: its result.json says completed or diverged (``FINISHED``).
+
     Raises:
         ValueError: ``directory`` not a directory or holding no finished run, a bad
             ``cells`` spec or ``diverged`` convention, no ``formats``.
@@ -120,12 +129,16 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike, *, cells:
     if diverged not in DIVERGED_CONVENTIONS:
         raise ValueError(f"diverged must be one of {DIVERGED_CONVENTIONS}, got diverged={diverged!r}")
     src = Path(directory)
-    every = load_runs(src, include_unfinished=True)
+    skipped: list[str] = []
+    every = load_runs(src, include_unfinished=True, notes=skipped)
     runs = [r for r in every if r.finished]
+    odd = [f"{r.path / 'result.json'}: status {r.result.get('status')!r} is not one of "
+           f"{', '.join(FINISHED)}: counted as unfinished" for r in every if r.result is not None and not r.finished]
     if not runs:
-        raise ValueError(f"directory {str(src)!r} holds no finished run (config.json + result.json): "
-                         f"{len(every)} unfinished")
-    chosen = _select(_group(runs, diverged)[0], cells)  # a bad spec fails before anything is written
+        why = "".join(f"; {note}" for note in [*skipped, *odd][:3])
+        raise ValueError(f"directory {str(src)!r} holds no finished run (config.json + result.json with status "
+                         f"{' or '.join(FINISHED)}): {len(every)} unfinished, {len(skipped)} skipped{why}")
+    chosen = choose_cells(group_cells(runs, diverged)[0], cells)  # a bad spec fails before anything is written
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     rows = build_table(runs, diverged=diverged)
@@ -134,14 +147,14 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike, *, cells:
         write_text_atomic(dest / _FILES[key], text)
         written.append(dest / _FILES[key])
 
-    notes: list[str] = []
+    notes: list[str] = [*skipped, *odd]
     figures: list[tuple[int, str, list[Path]]] = []
     drawn = {
         1: (draw_accuracy_vs_sparsity(runs, diverged=diverged),
             "test accuracy against sparsity, per activation and V'(q*), ReLU baseline band",
             "no sparse (non-ReLU) cell"),
         2: (draw_loss_curves(runs, cells, diverged=diverged),
-            "training loss of every seed, cells: " + ", ".join(_spec_of(c) for c in chosen),
+            "training loss of every seed, cells: " + ", ".join(cell_spec(c) for c in chosen),
             ""),
         3: (draw_layer_stats(runs, diverged=diverged),
             "per-layer gradient norms (and pre-activation variances) over training, failing vs healthy cell",
@@ -160,14 +173,16 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike, *, cells:
     for model in dict.fromkeys(r.model for r in runs):
         mine = [r.settings() for r in runs if r.model == model]
         same = {k: v for k, v in mine[0].items()
-                if k not in _IDENTITY and all(repr(s.get(k)) == repr(v) for s in mine[1:])}
+                if k not in IDENTITY and all(repr(s.get(k)) == repr(v) for s in mine[1:])}
         shared.append(f"- {model}: " + ", ".join(f"{k} = {v}" for k, v in sorted(same.items())))
     lines = [
         "# Sweep report", "",
         f"Source: `{src.resolve()}`", "",
-        f"Runs: {len(every)} found, {len(runs)} finished ({len(runs) - n_div} completed, {n_div} diverged), "
-        f"{len(every) - len(runs)} unfinished (no result.json; not tabulated).", "",
-        f"Diverged runs count in the test accuracy {_COUNTED[diverged]} (`--diverged {diverged}`); "
+        f"Runs: {len(every) + len(skipped)} found, {len(runs)} finished ({len(runs) - n_div} completed, "
+        f"{n_div} diverged), {len(every) - len(runs)} unfinished (no completed or diverged result.json; "
+        f"not tabulated)" + (f", {len(skipped)} skipped (a malformed file)" if skipped else "") + ".", "",
+        *(f"- {note}" for note in [*skipped, *odd]), *([""] if skipped or odd else []),
+        f"Diverged runs count in the test accuracy {COUNTED[diverged]} (`--diverged {diverged}`); "
         "the 'completed' column leaves them out.", "",
         "## Table", "", f"[table.md]({_FILES['table_md']}), [table.csv]({_FILES['table_csv']})", "",
         *(line.replace("## ", "### ", 1) if line.startswith("## ") else line
@@ -176,8 +191,9 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike, *, cells:
         "## Figures", "", "| # | files | shows |", "|---|---|---|",
         *(f"| {n} | " + ", ".join(f"[{p.name}]({p.name})" for p in paths) + f" | {caption} |"
           for n, caption, paths in figures),
-        "", *(f"- {note}" for note in notes),
+        "", *(f"- {note}" for note in notes[len(skipped) + len(odd):]),
     ]
     write_text_atomic(dest / _FILES["index"], "\n".join(lines).rstrip() + "\n")
     written.append(dest / _FILES["index"])
-    return ReportSummary(written, len(every), len(runs), n_div, len(every) - len(runs), notes)
+    return ReportSummary(written, len(every) + len(skipped), len(runs), n_div, len(every) - len(runs), notes,
+                         n_skipped=len(skipped))

@@ -28,9 +28,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sparse_eoc.activations import ALIASES
-from sparse_eoc.experiments.report_table import _num, _pm
-from sparse_eoc.experiments.results import _COUNTED, _ORDER, Run, _Cell, _group, _is_clipped, _select
-from sparse_eoc.figures import CMAPS, COLORS, LABELS
+from sparse_eoc.experiments.report_table import format_mean_std, format_number
+from sparse_eoc.experiments.results import (
+    ACTIVATION_ORDER,
+    COUNTED,
+    Cell,
+    Run,
+    choose_cells,
+    group_cells,
+    is_clipped,
+)
+from sparse_eoc.plotstyle import CMAPS, COLORS, LABELS
 
 __all__ = ["draw_accuracy_vs_sparsity", "draw_loss_curves", "draw_layer_stats"]
 
@@ -66,10 +74,11 @@ def draw_accuracy_vs_sparsity(runs: Sequence[Run], *, diverged: str = "chance") 
     Returns:
         The figure, or None when no sparse (non-ReLU) cell exists.
     """
-    cells, _ = _group(runs, diverged)
+    cells, _ = group_cells(runs, diverged)
     groups = list(dict.fromkeys(c.group() for c in cells))
     acts = sorted({c.settings["activation"] for c in cells} - {"relu"},
-                  key=lambda a: (_ORDER.index(a) if a in _ORDER else len(_ORDER), a))
+                  key=lambda a: (ACTIVATION_ORDER.index(a) if a in ACTIVATION_ORDER else len(ACTIVATION_ORDER),
+                                 a))
     if not acts:
         return None
     fig, axes = _figure(len(groups), len(acts), (3.6, 3.2))
@@ -92,7 +101,7 @@ def draw_accuracy_vs_sparsity(runs: Sequence[Run], *, diverged: str = "chance") 
                 mu, sd = base["test_accuracy_mean"], base["test_accuracy_std"] or 0.0
                 ax.axhspan(mu - sd, mu + sd, color="0.85", lw=0, zorder=0)
                 ax.axhline(mu, color=COLORS["relu"], lw=1, ls="--", zorder=1,
-                           label=f"ReLU: {_pm(mu, base['test_accuracy_std'])}")
+                           label=f"ReLU: {format_mean_std(mu, base['test_accuracy_std'])}")
             for si, slope in enumerate(slopes):
                 line = sorted((c for c in mine if c.settings["slope"] == slope), key=lambda c: c.settings["sparsity"])
                 pts = [c for c in line if c.row["test_accuracy_mean"] is not None]
@@ -103,7 +112,7 @@ def draw_accuracy_vs_sparsity(runs: Sequence[Run], *, diverged: str = "chance") 
                 y = np.array([c.row["test_accuracy_mean"] for c in pts])
                 e = np.array([c.row["test_accuracy_std"] or 0.0 for c in pts])
                 colour = _colour(act, si, len(slopes))
-                label = f"V'(q*) = {slope:g}" if _is_clipped(act) else LABELS.get(act, act)
+                label = f"V'(q*) = {slope:g}" if is_clipped(act) else LABELS.get(act, act)
                 marker = _MARKERS[si % len(_MARKERS)]
                 ax.errorbar(x, y, yerr=e, color=colour, marker=marker, ms=5, capsize=3, lw=1.3, label=label)
                 bad = np.array([c.row["n_diverged"] > 0 for c in pts])
@@ -126,7 +135,7 @@ def draw_accuracy_vs_sparsity(runs: Sequence[Run], *, diverged: str = "chance") 
     for ax in axes.flat:  # one s axis for every panel
         ax.set_xlim(min(xs) - pad, max(xs) + pad)
     if any(c.row["n_diverged"] for c in cells):
-        fig.suptitle(f"open markers: at least one run diverged (counted {_COUNTED[diverged]})", fontsize=8)
+        fig.suptitle(f"open markers: at least one run diverged (counted {COUNTED[diverged]})", fontsize=8)
     return fig
 
 
@@ -144,8 +153,8 @@ def draw_loss_curves(runs: Sequence[Run], specs: Sequence[str] | None = None, *,
     Raises:
         ValueError: as :func:`select_cells`.
     """
-    cells, _ = _group(runs, diverged)
-    chosen = _select(cells, specs)
+    cells, _ = group_cells(runs, diverged)
+    chosen = choose_cells(cells, specs)
     ncols = min(3, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
     fig, axes = _figure(nrows, ncols, (4.4, 3.9))
@@ -164,7 +173,7 @@ def draw_loss_curves(runs: Sequence[Run], specs: Sequence[str] | None = None, *,
                 label = f"seed {run.seed}: diverged in epoch {div.get('epoch', '?')}"
                 label += f" (acc {last:.3f} before)" if last is not None else " (no epoch completed)"
             else:
-                label = f"seed {run.seed}: acc {_num(run.result.get('test_accuracy'), '.3f') or 'n/a'}"
+                label = f"seed {run.seed}: acc {format_number(run.result.get('test_accuracy'), '.3f') or 'n/a'}"
             if pts:
                 ax.plot(*zip(*pts), color=colour, marker="o", ms=3, lw=1.3, label=label)
                 label = None
@@ -178,7 +187,7 @@ def draw_loss_curves(runs: Sequence[Run], specs: Sequence[str] | None = None, *,
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("training loss (per-epoch mean)")
-        acc = _pm(cell.row["test_accuracy_mean"], cell.row["test_accuracy_std"])
+        acc = format_mean_std(cell.row["test_accuracy_mean"], cell.row["test_accuracy_std"])
         ax.set_title(_wrap(f"{cell.label()} ({cell.settings['model'].upper()})") + f"\ntest acc {acc or 'n/a'}",
                      fontsize=9)
         last_epoch = max([1, *(x for line in ax.get_lines() for x in line.get_xdata())])
@@ -251,7 +260,7 @@ def _geo_mean_by_epoch(runs: Sequence[Run], key: str) -> dict[int, np.ndarray]:
     return _geo_mean([_per_epoch(run, key) for run in runs])
 
 
-def _pick_stat_cells(cells: Sequence[_Cell]) -> list[tuple[str, _Cell]]:
+def _pick_stat_cells(cells: Sequence[Cell]) -> list[tuple[str, Cell]]:
     """The failing and the healthy cell among those with logged gradient norms.
 
     Failing: the lowest mean accuracy; among equals (e.g. cells whose runs all diverged, at
@@ -299,7 +308,7 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
     from the divergence, red. When
     ``layer_preact_var`` was logged too, a second row shows the pre-activation variance q^l
     (epoch 0: at initialisation) against q* (dashed), the fixed point the EoC
-    initialisation targets (THEORY.md 3).
+    initialisation targets (docs/theory.md section 3.3).
 
     Returns:
         The figure, or None when no run logged gradient norms.
@@ -309,7 +318,7 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
     """
     if max_epochs < 2:
         raise ValueError(f"max_epochs must be >= 2, got max_epochs={max_epochs!r}")
-    cells, _ = _group(runs, diverged)
+    cells, _ = group_cells(runs, diverged)
     picked = _pick_stat_cells(cells)
     if not picked:
         return None
@@ -360,7 +369,7 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
             if si == 0:
                 n_seeds = sum(bool(_steps_before_divergence(r)) if by_step else _has_stat(r, key)
                               for r in cell.runs)
-                acc = _pm(cell.row["test_accuracy_mean"], cell.row["test_accuracy_std"]) or "n/a"
+                acc = format_mean_std(cell.row["test_accuracy_mean"], cell.row["test_accuracy_std"]) or "n/a"
                 head = f"{role}: " if role else ""
                 ax.set_title(_wrap(f"{head}{cell.label()} ({cell.settings['model'].upper()})") +
                              f"\ntest acc {acc}; geometric mean of {n_seeds} seed(s)", fontsize=9)

@@ -19,33 +19,35 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sparse_eoc.experiments.results import _IDENTITY, DIVERGED_CONVENTIONS, _is_clipped
+from sparse_eoc.experiments.results import DIVERGED_CONVENTIONS, IDENTITY, is_clipped
 from sparse_eoc.gp.clip import M_MAX
 
-__all__ = ["table_markdown", "table_csv"]
+__all__ = ["table_markdown", "table_csv", "format_number", "format_mean_std"]
 
 
 def _extras_of(rows: Sequence[dict[str, Any]]) -> list[str]:
-    fixed = {*_IDENTITY, "m", "n_runs", "seeds", "n_completed", "n_diverged", "test_accuracy_mean",
+    fixed = {*IDENTITY, "m", "n_runs", "seeds", "n_completed", "n_diverged", "test_accuracy_mean",
              "test_accuracy_std", "completed_accuracy_mean", "completed_accuracy_std", "train_sparsity_mean",
              "test_sparsity_mean", "bifurcation_m", "below_bifurcation", "chance"}
     return [k for k in (rows[0] if rows else {}) if k not in fixed]
 
 
-def _num(value: float | None, fmt: str = ".4f") -> str:
+def format_number(value: float | None, fmt: str = ".4f") -> str:
+    """``value`` in format ``fmt``; ``inf`` for infinity, ``""`` for None (a missing value)."""
     if value is None:
         return ""
     return "inf" if value == math.inf else format(value, fmt)
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def format_mean_std(mean: float | None, std: float | None) -> str:
+    """``"0.9567 ± 0.0100"``; the mean alone when ``std`` is None (one value), ``""`` when ``mean`` is None."""
     if mean is None:
         return ""
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
 def _md_cells(row: dict[str, Any], extras: Sequence[str]) -> list[str]:
-    clipped = _is_clipped(row["activation"])
+    clipped = is_clipped(row["activation"])
     if not clipped:
         m_b, below = "n/a", "n/a"
     elif row["bifurcation_m"] is None:
@@ -53,11 +55,12 @@ def _md_cells(row: dict[str, Any], extras: Sequence[str]) -> list[str]:
     else:
         m_b, below = f"{row['bifurcation_m']:.4f}", "yes" if row["below_bifurcation"] else "no"
     return [
-        row["activation"], f"{row['sparsity']:g}", f"{row['slope']:g}", _num(row["m"]),
+        row["activation"], f"{row['sparsity']:g}", f"{row['slope']:g}", format_number(row["m"]),
         *(str(row[k]) for k in extras), str(row["n_runs"]),
-        _pm(row["test_accuracy_mean"], row["test_accuracy_std"]),
-        _pm(row["completed_accuracy_mean"], row["completed_accuracy_std"]),
-        _num(row["train_sparsity_mean"]), _num(row["test_sparsity_mean"]), str(row["n_diverged"]), m_b, below,
+        format_mean_std(row["test_accuracy_mean"], row["test_accuracy_std"]),
+        format_mean_std(row["completed_accuracy_mean"], row["completed_accuracy_std"]),
+        format_number(row["train_sparsity_mean"]), format_number(row["test_sparsity_mean"]), str(row["n_diverged"]),
+        m_b, below,
     ]
 
 
@@ -78,7 +81,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], *, diverged: str = "chance") 
              "Test accuracy: mean ± std over seeds (std with ddof = 1; none for one seed); diverged runs count "
              f"{counted}. 'test acc (completed)' leaves them out. Sparsities (fraction of exact zeros in the hidden "
              "layers) are means over completed runs. m_b: the clip at which the variance map bifurcates "
-             "(THEORY.md 4.3); m < m_b is the theory's prediction of a stable fixed point q*.", ""]
+             "(docs/theory.md section 4.3); m < m_b is the theory's prediction of a stable fixed point q*.", ""]
     models = list(dict.fromkeys(r["model"] for r in rows))
     for model in models:
         if len(models) > 1:

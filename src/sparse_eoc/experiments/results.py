@@ -1,15 +1,17 @@
 """Finished runs read from disk, grouped into cells, as the paper's results table.
 
-Price et al., ICLR 2024, section 5 (THEORY.md 5): test accuracy mean +- std over seeds
+Price et al., ICLR 2024, section 5 (docs/theory.md section 5): test accuracy mean +- std over seeds
 and train/test sparsity per activation, sparsity s and clip, against the ReLU
 baseline. The table's text forms are in :mod:`sparse_eoc.experiments.report_table`,
 the figures in :mod:`sparse_eoc.experiments.report_figures`, and the report written
 from all of them in :mod:`sparse_eoc.experiments.report`.
 
 A *run* is any directory holding a ``config.json`` with an ``eoc`` section (written by
-``sparse_eoc.train.train``); it is *finished* when ``result.json`` exists too, and
+``sparse_eoc.train.train``); it is *finished* when its ``result.json`` has the status
+``completed`` or ``diverged`` (:data:`FINISHED`, the sweep's notion too), and
 *unfinished* otherwise (reported as a count, never tabulated). :func:`load_runs` finds
-them at any depth below a directory (a sweep's ``DIR/runs/*/``, or any tree).
+them at any depth below a directory (a sweep's ``DIR/runs/*/``, or any tree), and
+either refuses a run whose files are malformed or, asked to, skips it with a note.
 
 A *cell* is one table row: the runs that share every setting but the seed. Its
 identity is (model, activation, s, V'(q*)) with s and V'(q*) the *resolved* values
@@ -50,15 +52,26 @@ from pathlib import Path
 from typing import Any
 
 from sparse_eoc.activations import ACTIVATIONS, ALIASES
-from sparse_eoc.figures import LABELS
 from sparse_eoc.gp import bifurcation_m
+from sparse_eoc.plotstyle import LABELS
+from sparse_eoc.runs.config import CELL_FREE_SETTINGS
+from sparse_eoc.runs.files import FINISHED
 
 __all__ = [
     "DIVERGED_CONVENTIONS",
+    "COUNTED",
+    "FINISHED",
     "IGNORED_SETTINGS",
+    "IDENTITY",
+    "ACTIVATION_ORDER",
     "Run",
+    "Cell",
     "load_runs",
+    "is_clipped",
+    "group_cells",
     "build_table",
+    "choose_cells",
+    "cell_spec",
     "select_cells",
 ]
 
@@ -66,18 +79,17 @@ __all__ = [
 #: last completed epoch's test accuracy (chance if none), or not at all.
 DIVERGED_CONVENTIONS = ("chance", "last", "exclude")
 #: How each convention reads in a caption: "counted <...>".
-_COUNTED = {"chance": "at chance", "last": "at its last completed epoch", "exclude": "as excluded"}
+COUNTED = {"chance": "at chance", "last": "at its last completed epoch", "exclude": "as excluded"}
 #: Settings that never split a cell: the seed (averaged over), where and how a run ran,
 #: and records of where its settings came from.
-IGNORED_SETTINGS = frozenset({
-    "seed", "data_dir", "device", "threads", "preset", "log_layer_stats",
-    "sparse_eoc_version", "torch_version", "device_resolved",
-})
+IGNORED_SETTINGS = frozenset({*CELL_FREE_SETTINGS, "sparse_eoc_version", "torch_version", "device_resolved"})
 #: Settings that mean something for one model only (TrainConfig): the other's never split a cell.
 _MODEL_ONLY = {"mlp": frozenset({"width"}), "cnn": frozenset({"channels", "kernel_size", "padding_mode"})}
-_IDENTITY = ("model", "activation", "sparsity", "slope")  # the cell's named settings, in the table's order
+#: The settings every cell is named by, in the table's column order.
+IDENTITY = ("model", "activation", "sparsity", "slope")
 _RAW_CLIP = ("sparsity", "slope", "m")  # as asked; replaced by their resolved values
-_ORDER = ["relu", *ACTIVATIONS]  # table order: the baseline, then the registry's
+#: The table's (and the figures') order of activations: the baseline, then the registry's.
+ACTIVATION_ORDER = ["relu", *ACTIVATIONS]
 
 
 # ---------------------------------------------------------------------------- runs
@@ -91,7 +103,8 @@ class Run:
         path: the directory.
         config: ``config.json``: the TrainConfig settings at top level, and the resolved
             ``eoc``, ``network`` and ``data`` sections.
-        result: ``result.json``, or None while the run is unfinished.
+        result: ``result.json``, or None when there is none (unfinished); a status
+            other than :data:`FINISHED` leaves the run unfinished too.
         metrics: the lines of ``metrics.jsonl``, one dict per completed epoch, in order
             (empty if the file is absent).
     """
@@ -103,11 +116,12 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.result is not None
+        """``result.json`` says completed or diverged (:data:`FINISHED`)."""
+        return self.result is not None and self.result.get("status") in FINISHED
 
     @property
     def diverged(self) -> bool:
-        return self.result is not None and self.result.get("status") == "diverged"
+        return self.finished and self.result.get("status") == "diverged"
 
     @property
     def activation(self) -> str:
@@ -197,7 +211,7 @@ def _canon(value: Any) -> Any:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
@@ -205,60 +219,150 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     lines = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON lines ({err})") from err
+    for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                lines.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}, line {i}: not valid JSON ({err})") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {i}: not a JSON object, got {type(record).__name__}")
+            if not _is_int(record.get("epoch")):
+                raise ValueError(f"{path}, line {i}: epoch must be an integer, got {record.get('epoch')!r}")
+            for key in ("train_loss", "test_accuracy"):
+                if not _is_number_or_null(record.get(key)):
+                    raise ValueError(f"{path}, line {i}: {key} must be a number or null, got {record.get(key)!r}")
+            lines.append(record)
     return lines
 
 
-def load_runs(directory: str | os.PathLike, *, include_unfinished: bool = False) -> list[Run]:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """Raise a ValueError naming ``path`` and the field for what the table reads of a run's config.json."""
+    eoc = config["eoc"]
+    for key in ("sparsity", "slope"):
+        if key not in eoc:
+            raise ValueError(f"{path}: eoc.{key} is missing (the resolved EoC point that train writes)")
+        if eoc[key] is None or not _is_number_or_null(eoc[key]) or not math.isfinite(eoc[key]):
+            raise ValueError(f"{path}: eoc.{key} must be a finite number, got {eoc[key]!r}")
+    if not _is_number_or_null(eoc.get("m")) or (eoc.get("m") is not None and not eoc["m"] > 0):
+        raise ValueError(f"{path}: eoc.m must be a number > 0 or null (unclipped), got {eoc.get('m')!r}")
+    q_star = eoc.get("q_star", config.get("q_star", 1.0))
+    if q_star is None or not _is_number_or_null(q_star) or not 0 < q_star < math.inf:
+        raise ValueError(f"{path}: eoc.q_star must be a finite number > 0, got {q_star!r}")
+    activation = config.get("activation") or eoc.get("activation")
+    if not isinstance(activation, str):
+        raise ValueError(f"{path}: activation (or eoc.activation) must be a name, e.g. 'crelu', got {activation!r}")
+    network = config.get("network", {})
+    if not isinstance(network, dict):
+        raise ValueError(f"{path}: network must be a JSON object, got {type(network).__name__}")
+    classes = network.get("num_classes", 10)
+    if not _is_int(classes) or classes < 1:
+        raise ValueError(f"{path}: network.num_classes must be an integer >= 1, got {classes!r}")
+
+
+def _check_result(path: Path, result: Any) -> None:
+    """Raise a ValueError naming ``path`` and the field for what the table reads of a result.json."""
+    if not isinstance(result, dict):
+        raise ValueError(f"{path}: not a run's result (a JSON object with a status), got {type(result).__name__}")
+    for key in ("test_accuracy", "train_sparsity", "test_sparsity"):
+        if not _is_number_or_null(result.get(key)):
+            raise ValueError(f"{path}: {key} must be a number or null, got {result.get(key)!r}")
+    if not (result.get("diverged") is None or isinstance(result["diverged"], dict)):
+        raise ValueError(f"{path}: diverged must be a JSON object or null, got {result['diverged']!r}")
+
+
+def load_runs(directory: str | os.PathLike, *, include_unfinished: bool = False,
+              notes: list[str] | None = None) -> list[Run]:
     """Every run directory at any depth below ``directory``, sorted by path.
 
     Args:
         directory: a sweep directory (runs in ``runs/*/``) or any tree of run directories;
             a single run directory works too.
-        include_unfinished: also return runs without ``result.json`` (``result`` None).
+        include_unfinished: also return unfinished runs: without ``result.json`` (``result``
+            None) or with a status other than :data:`FINISHED` (``result`` as read).
+        notes: None to raise on a malformed run, or a list: such a run is then left
+            out and one line naming its file and the field is appended to the list.
+            Malformed: invalid JSON, a ``result.json`` that is not an object, a missing
+            or ill-typed field the table reads (``eoc.sparsity``, ``eoc.slope``,
+            ``network.num_classes`` >= 1, ...), a ``metrics.jsonl`` line that is not an
+            object with an integer ``epoch``.
 
     Returns:
-        The runs: each a directory whose ``config.json`` has an ``eoc`` section; other
-        ``config.json`` files (a sweep's own, say) are skipped.
+        The runs: each a directory whose ``config.json`` is a JSON object with an ``eoc``
+        section; other ``config.json`` files (a sweep's own, say) are skipped silently.
 
     Raises:
-        ValueError: ``directory`` is not a directory, or a run's JSON file is corrupt.
+        ValueError: ``directory`` is not a directory; with ``notes`` None, a run's file
+            is malformed (the message names the file and the field).
     """
     root = Path(directory)
     if not root.is_dir():
         raise ValueError(f"directory {str(root)!r} is not a directory (pass a sweep or run directory)")
     runs = []
     for cfg_path in sorted(root.rglob("config.json")):
-        config = _read_json(cfg_path)
-        if not isinstance(config, dict) or not isinstance(config.get("eoc"), dict):
-            continue  # not a run's config
-        run_dir = cfg_path.parent
-        result = _read_json(run_dir / "result.json") if (run_dir / "result.json").is_file() else None
-        if result is None and not include_unfinished:
+        try:
+            run = _read_run(cfg_path)
+        except ValueError as err:
+            if notes is None:
+                raise
+            notes.append(f"run skipped: {err}")
             continue
-        runs.append(Run(run_dir, config, result, _read_metrics(run_dir / "metrics.jsonl")))
+        if run is not None and (run.finished or include_unfinished):
+            runs.append(run)
     return runs
+
+
+def _read_run(cfg_path: Path) -> Run | None:
+    """The run of ``cfg_path`` (None if it is not a run's config.json); ValueError if malformed."""
+    config = _read_json(cfg_path)
+    if not isinstance(config, dict) or not isinstance(config.get("eoc"), dict):
+        return None  # not a run's config
+    _check_config(cfg_path, config)
+    run_dir = cfg_path.parent
+    result_path = run_dir / "result.json"
+    result = None
+    if result_path.is_file():
+        result = _read_json(result_path)
+        _check_result(result_path, result)
+    return Run(run_dir, config, result, _read_metrics(run_dir / "metrics.jsonl"))
 
 
 # --------------------------------------------------------------------------- table
 
 
 @dataclass
-class _Cell:
+class Cell:
+    """One table row: the finished runs that share every setting but the seed.
+
+    Attributes:
+        settings: the cell's settings, :data:`IDENTITY` first, then the extra columns.
+        runs: its finished runs, in path order.
+        extras: the settings besides the identity that vary within its model (its label's).
+        row: its row of :func:`build_table`.
+    """
+
     settings: dict[str, Any]  # every setting of the cell, identity first
     runs: list[Run]
     extras: list[str] = field(default_factory=list)  # the settings besides identity varying within its model
     row: dict[str, Any] = field(default_factory=dict)
 
     def label(self) -> str:
+        """E.g. ``"CReLU, s = 0.85, V'(q*) = 0.7, depth = 8"`` (mathtext activation names)."""
         act = self.settings["activation"]
         text = f"{LABELS.get(act, act)}, s = {self.settings['sparsity']:g}"
-        if _is_clipped(act):
+        if is_clipped(act):
             text += f", V'(q*) = {self.settings['slope']:g}"
         return ", ".join([text, *(f"{k} = {self.settings[k]}" for k in self.extras)])
 
@@ -267,14 +371,15 @@ class _Cell:
         return (self.settings["model"], *(repr(self.settings[k]) for k in self.extras))
 
 
-def _is_clipped(activation: str) -> bool:
+def is_clipped(activation: str) -> bool:
+    """Whether a run's ``activation`` (a registry name or alias; ``relu`` is not) has a clip m."""
     name = ALIASES.get(activation, activation)
     return name in ACTIVATIONS and ACTIVATIONS[name].clipped
 
 
 def _sort_key(settings: dict[str, Any], extras: Sequence[str]) -> tuple:
     act = settings["activation"]
-    rank = _ORDER.index(act) if act in _ORDER else len(_ORDER)
+    rank = ACTIVATION_ORDER.index(act) if act in ACTIVATION_ORDER else len(ACTIVATION_ORDER)
 
     def k(v):  # None first, numbers before strings, never comparing the two
         return (v is not None, isinstance(v, str), v if v is not None else 0)
@@ -290,22 +395,34 @@ def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | Non
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
 
 
-def _group(runs: Sequence[Run], diverged: str) -> tuple[list[_Cell], list[str]]:
-    """The finished runs grouped into cells, sorted, each with its table row; and the extra columns."""
+def group_cells(runs: Sequence[Run], diverged: str) -> tuple[list[Cell], list[str]]:
+    """The finished runs grouped into cells, sorted, each with its table row; and the extra columns.
+
+    Args:
+        runs: from :func:`load_runs`; unfinished runs are left out.
+        diverged: one of :data:`DIVERGED_CONVENTIONS` (see :func:`build_table`).
+
+    Returns:
+        The cells in table order (see :func:`build_table`), and the names of the settings
+        besides :data:`IDENTITY` that vary within some model (the extra columns).
+
+    Raises:
+        ValueError: an unknown ``diverged`` convention.
+    """
     if diverged not in DIVERGED_CONVENTIONS:
         raise ValueError(f"diverged must be one of {DIVERGED_CONVENTIONS}, got diverged={diverged!r}")
     finished = [r for r in runs if r.finished]
     all_settings = [r.settings() for r in finished]
-    keys = sorted({k for s in all_settings for k in s} - set(_IDENTITY))
+    keys = sorted({k for s in all_settings for k in s} - set(IDENTITY))
     by_model: dict[str, list[str]] = {}
     for model in dict.fromkeys(s["model"] for s in all_settings):
         mine = [s for s in all_settings if s["model"] == model]
         by_model[model] = [k for k in keys if len({repr(s.get(k)) for s in mine}) > 1]
     extras = [k for k in keys if any(k in e for e in by_model.values())]
-    cells: dict[tuple, _Cell] = {}
+    cells: dict[tuple, Cell] = {}
     for run, s in zip(finished, all_settings):
-        settings = {k: s.get(k) for k in (*_IDENTITY, *extras)}
-        cell = cells.setdefault(tuple(repr(v) for v in settings.values()), _Cell(settings, [], by_model[s["model"]]))
+        settings = {k: s.get(k) for k in (*IDENTITY, *extras)}
+        cell = cells.setdefault(tuple(repr(v) for v in settings.values()), Cell(settings, [], by_model[s["model"]]))
         cell.runs.append(run)
     ordered = sorted(cells.values(), key=lambda c: _sort_key(c.settings, extras))
     for cell in ordered:
@@ -318,7 +435,7 @@ def _bifurcation_m(activation: str, sparsity: float, q_star: float) -> float | N
     return bifurcation_m(activation, sparsity, q_star)  # ~0.1 s each: once per (activation, s, q*)
 
 
-def _row(cell: _Cell, diverged: str) -> dict[str, Any]:
+def _row(cell: Cell, diverged: str) -> dict[str, Any]:
     runs = cell.runs
     first = runs[0]
     completed = [r for r in runs if not r.diverged]
@@ -326,7 +443,7 @@ def _row(cell: _Cell, diverged: str) -> dict[str, Any]:
     ok_mean, ok_std = _mean_std(r.result.get("test_accuracy") for r in completed)
     act = cell.settings["activation"]
     m_b = below = None
-    if _is_clipped(act):
+    if is_clipped(act):
         m_b = _bifurcation_m(act, first.sparsity, first.q_star)
         below = m_b is None or first.m < m_b  # no bifurcation up to 8 sqrt(q*): stable
     row = {**cell.settings, "m": first.m}
@@ -367,7 +484,7 @@ def build_table(runs: Sequence[Run], *, diverged: str = "chance") -> list[dict[s
         convention; std with ddof = 1, None for one value), ``completed_accuracy_mean`` /
         ``_std`` (completed runs only, None if none), ``train_sparsity_mean`` and
         ``test_sparsity_mean`` (completed runs; fractions of exact zeros in the hidden
-        layers), ``bifurcation_m`` (m_b of ``sparse_eoc.gp.bifurcation_m``, THEORY.md 4.3;
+        layers), ``bifurcation_m`` (m_b of ``sparse_eoc.gp.bifurcation_m``, docs/theory.md section 4.3;
         None when unclipped or no bifurcation up to 8 sqrt(q*)), ``below_bifurcation``
         (m < m_b, the theory's stability prediction; True when no m_b exists, None when
         unclipped) and ``chance`` (1 / num_classes).
@@ -375,7 +492,7 @@ def build_table(runs: Sequence[Run], *, diverged: str = "chance") -> list[dict[s
     Raises:
         ValueError: an unknown ``diverged`` convention.
     """
-    return [cell.row for cell in _group(runs, diverged)[0]]
+    return [cell.row for cell in group_cells(runs, diverged)[0]]
 
 
 # ------------------------------------------------------------------------- choosing
@@ -407,23 +524,31 @@ def _matches(settings: dict[str, Any], want: dict[str, Any]) -> bool:
     return True
 
 
-def _spec_of(cell: _Cell) -> str:
+def cell_spec(cell: Cell) -> str:
+    """The cell as a ``model:activation:sparsity[:slope]`` spec, e.g. ``"mlp:crelu:0.85:0.7"``."""
     s = cell.settings
-    return f"{s['model']}:{s['activation']}:{s['sparsity']:g}" + (f":{s['slope']:g}" if _is_clipped(s['activation']) else "")
+    clip = f":{s['slope']:g}" if is_clipped(s["activation"]) else ""
+    return f"{s['model']}:{s['activation']}:{s['sparsity']:g}{clip}"
 
 
-def _select(cells: Sequence[_Cell], specs: Sequence[str] | None, n_default: int = 2) -> list[_Cell]:
+def choose_cells(cells: Sequence[Cell], specs: Sequence[str] | None, n_default: int = 2) -> list[Cell]:
+    """The cells that ``specs`` pick (as :func:`select_cells`), or by default the ``n_default``
+    of highest s with the lowest mean test accuracy.
+
+    Raises:
+        ValueError: a malformed spec, or one matching no cell (the message lists them).
+    """
     if specs:
-        chosen: list[_Cell] = []
+        chosen: list[Cell] = []
         for spec in specs:
             hits = [c for c in cells if _matches(c.settings, _parse_spec(spec))]
             if not hits:
                 raise ValueError(f"cells: {spec!r} matches no cell; the cells are: "
-                                 + ", ".join(_spec_of(c) for c in cells))
+                                 + ", ".join(cell_spec(c) for c in cells))
             chosen += [c for c in hits if c not in chosen]
         return chosen
 
-    def acc(c: _Cell) -> float:
+    def acc(c: Cell) -> float:
         v = c.row["test_accuracy_mean"]
         return -math.inf if v is None else v
 
@@ -445,6 +570,6 @@ def select_cells(runs: Sequence[Run], specs: Sequence[str] | None = None, *,
     Raises:
         ValueError: a malformed spec, or one matching no cell (the message lists them).
     """
-    cells, _ = _group(runs, diverged)
-    return [c.row for c in _select(cells, specs)]
+    cells, _ = group_cells(runs, diverged)
+    return [c.row for c in choose_cells(cells, specs)]
 

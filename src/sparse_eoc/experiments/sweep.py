@@ -18,7 +18,11 @@ half-finished ones continue from their last epoch's checkpoint
 Backends, one function (:func:`run_one`) for both:
 
 - ``local``: ``workers`` processes (``ProcessPoolExecutor``, spawn), each run with
-  ``cpus_per_run`` torch threads (default ``max(1, cores // workers)``).
+  ``cpus_per_run`` torch threads (default ``max(1, cores // workers)``; a sweep started
+  while other processes keep the machine busy says so, as that default then oversubscribes
+  the cores). A worker exits within about a second of the sweep's main process dying,
+  even of ``kill -9`` on that process alone (:func:`_die_with_parent`), so that a rerun
+  never trains a run that an orphaned worker still trains.
 - ``ray``: each run a Ray task with ``num_cpus=cpus_per_run, num_gpus=gpus_per_run``; a
   local Ray with ``workers x cpus_per_run`` CPUs (at most the machine's), or the
   cluster at ``ray_address``. ``DIR`` and the data must then be on a filesystem every
@@ -34,10 +38,15 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import datetime
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,7 +59,7 @@ from tqdm.auto import tqdm
 
 from sparse_eoc.experiments.registry import RunSpec, estimate_seconds, get_experiment
 from sparse_eoc.jsonio import write_json, write_text_atomic
-from sparse_eoc.train.run import FINISHED
+from sparse_eoc.runs.files import ERROR_FILE, FINISHED, LOG_FILE, read_result, run_status
 
 try:  # POSIX: one sweep at a time per directory; the lock dies with its process (kill -9 too)
     import fcntl
@@ -58,15 +67,18 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 __all__ = ["BACKENDS", "SWEEP_FILE", "ERROR_FILE", "SweepOutcome", "run_one", "run_status", "plan_sweep",
-           "run_sweep", "available_cores", "format_duration"]
+           "run_sweep", "available_cores", "busy_warning", "format_duration"]
 
 BACKENDS = ("local", "ray")
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
-ERROR_FILE = "error.txt"
-LOG_FILE = "log.txt"
 RAY_INSTALL_HINT = "pip install 'sparse-eoc[ray]'"
 SUMMARY_KEYS = ("test_accuracy", "epochs_completed", "wall_seconds")  # of result.json, kept in sweep.json
+#: How often (seconds) a worker checks that the sweep's main process is still its parent.
+PARENT_POLL_SECONDS = 0.5
+#: The machine counts as busy when other processes keep more than this many cores running.
+BUSY_CORES = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def available_cores() -> int:
@@ -90,25 +102,74 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s"
 
 
-def _read_result(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        result = json.loads((run_dir / "result.json").read_text())
-    except (OSError, ValueError):
+def busy_warning(load: float | None, *, cores: int, workers: int, cpus_per_run: int) -> str | None:
+    """The warning for a sweep about to start on a busy machine with the default threads, or None.
+
+    The default ``cpus_per_run = max(1, cores // workers)`` fills every core. Torch's threads
+    of a run wait for each other at each operation, so a run whose threads share a core
+    with another process runs at the pace of its slowest thread: minutes instead of seconds.
+
+    Args:
+        load: the 1-minute load average (``os.getloadavg()[0]``), or None where there is none.
+            This process counts as one of it, so ``load - 1`` is the other processes' load.
+        cores: the cores this process may use, >= 1.
+        workers: runs at once, >= 1.
+        cpus_per_run: the (default) torch threads of each run, >= 1.
+
+    Returns:
+        A one-line message naming ``--cpus-per-run`` when the other processes' load exceeds
+        :data:`BUSY_CORES` and the cores left to the sweep are fewer than
+        ``workers * cpus_per_run`` threads; None otherwise (or ``cpus_per_run`` is already 1).
+    """
+    if load is None or cpus_per_run <= 1:
         return None
-    return result if isinstance(result, dict) and result.get("status") in FINISHED else None
+    others = max(0.0, load - 1.0)  # this process is running too
+    free = cores - others
+    if others <= BUSY_CORES or workers * cpus_per_run <= free:
+        return None
+    suggested = max(1, int(free // workers))
+    return (f"warning: the machine is busy (load average {load:.1f} on {cores} cores, about {others:.1f} of it "
+            f"from other processes); the default {cpus_per_run} thread(s) per run (cores // workers) oversubscribe "
+            f"it and a run then crawls: pass --cpus-per-run {suggested} (cpus_per_run={suggested}) unless "
+            "the other load ends soon")
 
 
-def run_status(run_dir: str | os.PathLike) -> str:
-    """What a run directory says about its run: ``completed`` or ``diverged`` (finished:
-    ``result.json`` has that status), ``error`` (its last attempt raised: ``error.txt``),
-    ``started`` (``config.json`` only: interrupted or running) or ``pending`` (nothing yet)."""
-    run_dir = Path(run_dir)
-    result = _read_result(run_dir)
-    if result is not None:
-        return result["status"]
-    if (run_dir / ERROR_FILE).is_file():
-        return "error"
-    return "started" if (run_dir / "config.json").is_file() else "pending"
+def _load_average() -> float | None:
+    """The 1-minute load average of the machine, or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker's initializer: end this process when the sweep's main process ``parent_pid`` dies.
+
+    Without it, ``kill -9`` of the main process alone (or the OOM killer) leaves its pool
+    workers running, re-parented to init: they go on training the runs they hold while a
+    rerun trains the same runs. Two mechanisms, as neither covers every case alone:
+
+    - Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, so that the kernel kills this process
+      when the thread that started it ends (the main thread: the pool starts its spawn
+      workers from ``submit``).
+    - Everywhere: a daemon thread that checks every :data:`PARENT_POLL_SECONDS` that
+      ``os.getppid()`` is still ``parent_pid`` and calls ``os._exit`` when it is not. It
+      also covers a parent that died before the ``prctl`` was armed.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc or no prctl: the thread below still watches
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)  # orphaned: exit now (a half-written checkpoint.pt.tmp is never renamed)
+            time.sleep(PARENT_POLL_SECONDS)
+
+    if os.getppid() != parent_pid:  # the parent died before this process got here
+        os._exit(1)
+    threading.Thread(target=watch, name="sparse-eoc-parent-watch", daemon=True).start()
 
 
 def run_one(settings: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
@@ -196,7 +257,14 @@ def _check_same_sweep(path: Path, experiment: str, preset: str, names: Sequence[
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read the sweep record ({err})") from err
-    saved_names = [r.get("name") for r in saved.get("runs", [])]
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not a sweep record (a JSON object with experiment, preset and runs), "
+                         f"got a JSON {type(saved).__name__}; move it away or write to another --out")
+    runs = saved.get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ValueError(f"{path}: runs must be a list of JSON objects (one per run), got {runs!r:.80}; "
+                         "move the file away or write to another --out")
+    saved_names = [r.get("name") for r in runs]
     if (saved.get("experiment"), saved.get("preset")) != (experiment, preset) or saved_names != list(names):
         raise ValueError(
             f"{path.parent} holds another sweep (experiment {saved.get('experiment')}, preset "
@@ -243,7 +311,9 @@ def run_sweep(
         backend: ``local`` or ``ray``.
         ray_address: the Ray cluster to join (``ray`` only); None starts a local Ray.
         cpus_per_run: torch threads of each run (and its Ray ``num_cpus``), >= 1;
-            default ``max(1, cores // workers)``. ``--set threads=T`` overrides the threads.
+            default ``max(1, cores // workers)``; with that default, a machine kept busy by
+            other processes gets one warning to ``log`` (:func:`busy_warning`). ``--set
+            threads=T`` overrides the threads.
         gpus_per_run: Ray ``num_gpus`` of each run, >= 0 (``ray`` only; pair it with
             ``overrides={"device": "cuda"}``).
         dry_run: only plan: log the runs, their status on disk and the estimate; write nothing.
@@ -263,6 +333,7 @@ def run_sweep(
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got backend={backend!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got workers={workers!r}")
+    default_threads = cpus_per_run is None and "threads" not in (overrides or {})
     if cpus_per_run is None:
         cpus_per_run = max(1, available_cores() // workers)
     if isinstance(cpus_per_run, bool) or not isinstance(cpus_per_run, int) or cpus_per_run < 1:
@@ -290,6 +361,10 @@ def run_sweep(
     estimate = estimate_seconds(todo, exp.preset(preset))
     log(f"{experiment}/{preset}: {len(specs)} runs, {len(specs) - len(todo)} finished, {len(todo)} to do; "
         f"estimated {format_duration(estimate)} on a 2-core CPU (an upper bound: diverging runs stop early)")
+    if default_threads and todo and not ray_address:  # once, at the start: the runs share this machine's cores
+        busy = busy_warning(_load_average(), cores=available_cores(), workers=workers, cpus_per_run=cpus_per_run)
+        if busy:
+            log(busy)
     if dry_run:
         for s in specs:
             log(f"  {status[s.name]:<10} {s.name}")
@@ -298,7 +373,7 @@ def run_sweep(
 
     out.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(out):
-        entries = {s.name: _entry(s, status[s.name], _read_result(runs_dir / s.name)) for s in specs}
+        entries = {s.name: _entry(s, status[s.name], read_result(runs_dir / s.name)) for s in specs}
         record = {
             "experiment": experiment, "preset": preset, "description": exp.description,
             "note": exp.preset(preset).note, "overrides": dict(overrides or {}),
@@ -340,7 +415,8 @@ def run_sweep(
 def _run_local(todo: Sequence[RunSpec], runs_dir: Path, *, workers: int,
                done: Callable[[RunSpec, Mapping[str, Any]], None]) -> None:
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_one, s.config.to_dict(), str(runs_dir / s.name)): s for s in todo}
         try:
             for future in as_completed(futures):

@@ -4,7 +4,7 @@ from sparse_eoc.infer.bench import BENCH_KEYS, run_benchmark
 from sparse_eoc.infer.cnn import CNNFlopReport, cnn_flop_report
 from sparse_eoc.infer.engine import BACKENDS, EngineStats, SparseEngine, numba_available, zero_pixel_offset
 from sparse_eoc.infer.plan import STRATEGIES, STRATEGY_CHOICES, CostModel, choose_strategy
-from sparse_eoc.infer.verify import KinkReport, compare_with_dense, evaluate_run, kinks, near_kink
+from sparse_eoc.infer.verify import KinkReport, compare_with_dense, evaluate_run, near_kink
 
 __all__ = [
     "BACKENDS",
@@ -20,7 +20,6 @@ __all__ = [
     "cnn_flop_report",
     "compare_with_dense",
     "evaluate_run",
-    "kinks",
     "near_kink",
     "numba_available",
     "run_benchmark",

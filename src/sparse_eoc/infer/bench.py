@@ -38,16 +38,19 @@ the fraction of input units nonzero for at least one example of the batch), plus
 from __future__ import annotations
 
 import gc
-import math
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sparse_eoc.infer.plan import flop_reduction
+
 __all__ = ["run_benchmark", "format_row", "DEFAULT_WIDTHS", "DEFAULT_BATCHES", "DEFAULT_SPARSITIES", "default_depth",
-           "BENCH_KEYS", "CACHE_PROTOCOLS"]
+           "BENCH_KEYS", "CACHE_PROTOCOLS", "memory_needed", "check_memory", "check_output_file"]
 
 DEFAULT_WIDTHS = (300, 1024, 4096)
 DEFAULT_BATCHES = (1, 8, 64)
@@ -61,6 +64,81 @@ BENCH_KEYS = ("width", "depth", "batch", "sparsity", "dense_torch_ms", "dense_ow
 def default_depth(width: int) -> int:
     """The benchmark's depth for a width: 100 at width 300 (the paper's deep MLP), else 8."""
     return 100 if width == 300 else 8
+
+
+def memory_needed(width: int, depth: int, batch: int, *, input_dim: int = 784, num_classes: int = 10) -> int:
+    """A lower estimate of the bytes one benchmark row holds at once.
+
+    The network's float32 weights and biases twice (the torch model and the engine's W^T
+    copy), plus a batch's inputs (this repeat's and the previous one's, (B, input_dim) each)
+    and three layer outputs ((B, width) each: torch's, the engine's and its input).
+
+    Args:
+        width: N, >= 1.  depth: hidden layers L, >= 1.  batch: B, >= 1.
+        input_dim, num_classes: the data's (MNIST: 784 and 10).
+    """
+    params = (input_dim + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * num_classes
+    return 4 * (2 * params + batch * (2 * input_dim + 3 * max(width, num_classes)))
+
+
+def check_memory(widths: Sequence[int], depth: int | None, batches: Sequence[int], *,
+                 memory: int | None = None) -> None:
+    """Refuse, before anything is built, a grid whose networks or batches cannot fit in memory.
+
+    Each width (at ``depth``, or :func:`default_depth` when None) with the largest batch is
+    compared, by :func:`memory_needed` (MNIST's 784 inputs and 10 classes), with ``memory``.
+    The defaults (widths 300, 1024, 4096; batches up to 64) need under 1 GiB.
+
+    Args:
+        widths, depth, batches: as in :func:`run_benchmark` (already checked >= 1).
+        memory: bytes available; None: the machine's physical memory
+            (:func:`~sparse_eoc.checks.physical_memory_bytes`; unknown: no check).
+
+    Raises:
+        ValueError: naming ``--widths`` (and ``--depth`` when given) or ``--batches``, the
+            estimate and the memory.
+    """
+    from sparse_eoc.checks import physical_memory_bytes
+
+    have = physical_memory_bytes() if memory is None else memory
+    if have is None:
+        return
+    gib = 2**30
+    for width in widths:
+        layers = default_depth(width) if depth is None else depth
+        need = memory_needed(width, layers, 1)
+        if need > have:
+            option = "--widths" if depth is None else "--widths/--depth"
+            raise ValueError(f"{option}: a depth-{layers}, width-{width} MLP needs at least {need / gib:.3g} GiB "
+                             f"(its weights twice: the torch model and the engine's copy), more than the "
+                             f"{have / gib:.3g} GiB of memory of this machine")
+        batch = max(batches)
+        need = memory_needed(width, layers, batch)
+        if need > have:
+            raise ValueError(f"--batches: batch {batch} at width {width} needs at least {need / gib:.3g} GiB, "
+                             f"more than the {have / gib:.3g} GiB of memory of this machine")
+
+
+def check_output_file(path, option: str = "--out") -> None:
+    """Refuse at once an output file that could not be written later, so that a long run is
+    not lost at the end: ``path`` a directory, its directory missing, or no file can be
+    created there (tried with a temporary file: the JSON is written next to ``path``, then
+    renamed over it, so the directory must take new files).
+
+    Raises:
+        ValueError: naming ``option``, the path and the cause.
+    """
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a directory; give a file name")
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: the directory {parent} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {path}: cannot create a file in {parent} ({err.strerror or err})") from None
 
 
 def _strategy_summary(strategies: Sequence[str]) -> str:
@@ -102,7 +180,9 @@ def run_benchmark(
         Rows with the keys of :data:`BENCH_KEYS` and ``measured_sparsity, threads, backend, cache``.
 
     Raises:
-        ValueError: bad sizes or options (named); an unreachable sparsity (from ``solve_eoc``).
+        ValueError: bad sizes or options (named), sizes that cannot fit in memory
+            (:func:`check_memory`), no test images in ``data_dir``; an unreachable sparsity
+            (from ``solve_eoc``).
     """
     import torch
 
@@ -121,10 +201,13 @@ def run_benchmark(
         raise ValueError(f"cache must be one of {', '.join(CACHE_PROTOCOLS)}, got cache={cache!r}")
     if not widths or not batches or not sparsities:
         raise ValueError("widths, batches and sparsities must each name at least one value")
+    check_memory(widths, depth, batches)
     points = {s: solve_eoc("crelu", s, slope=slope) for s in sparsities}  # checks s and slope first
     data = load_image_dataset("mnist", data_dir)
     x_all = np.ascontiguousarray(data.x_test)  # (N, 784) float32
     n_images = len(x_all)
+    if n_images == 0:
+        raise ValueError(f"--data-dir {data_dir}: the test split holds no images (the benchmark's inputs)")
     offset = zero_pixel_offset(data.mean, data.std, data.image_shape)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -206,7 +289,7 @@ def _time_one(model, engine, x_all: np.ndarray, batch: int, repeats: int, n_imag
         "sparse_ms": ms["sparse"],
         "speedup_vs_torch": ms["dense_torch"] / ms["sparse"],
         "speedup_vs_own": ms["dense_own"] / ms["sparse"],
-        "flop_reduction": dense / done if done else math.inf,
+        "flop_reduction": flop_reduction(dense, done),
         "strategy": _strategy_summary(strategies),
         "union_density": float(np.mean(union)),
         "measured_sparsity": float(np.mean(zeros)),

@@ -11,11 +11,12 @@ No speedup is attempted here: this only counts.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from sparse_eoc.infer.plan import flop_reduction
 
 __all__ = ["CNNFlopReport", "cnn_flop_report"]
 
@@ -37,13 +38,12 @@ class CNNFlopReport:
     @property
     def flop_reduction(self) -> float:
         """Total dense multiply-adds / total nonzero-input multiply-adds."""
-        done = sum(self.macs)
-        return sum(self.dense_macs) / done if done else math.inf
+        return flop_reduction(sum(self.dense_macs), sum(self.macs))
 
     @property
     def layer_flop_reduction(self) -> tuple[float, ...]:
         """dense / nonzero-input multiply-adds of each layer."""
-        return tuple(d / m if m else math.inf for d, m in zip(self.dense_macs, self.macs))
+        return tuple(flop_reduction(d, m) for d, m in zip(self.dense_macs, self.macs))
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_sparsity": list(self.input_sparsity), "dense_macs": list(self.dense_macs),

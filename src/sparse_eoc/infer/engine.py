@@ -35,14 +35,14 @@ import scipy.sparse
 
 from sparse_eoc.activations import get_activation
 from sparse_eoc.checks import check_int
-from sparse_eoc.infer.plan import (AUTO, CSR, DENSE, GATHER, STRATEGIES, UNION, CostModel, choose_strategy,
+from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENSE, GATHER, STRATEGIES, UNION,
+                                   CostModel, choose_strategy, flop_reduction, layer_activations,
                                    strategy_code)
 
 __all__ = ["SparseEngine", "EngineStats", "BACKENDS", "numba_available", "zero_pixel_offset"]
 
 #: What a ``backend=`` argument accepts.
 BACKENDS = ("auto", "numba", "numpy")
-ACT_ONE_SIDED, ACT_TWO_SIDED, ACT_IDENTITY = 0, 1, 2  # as in sparse_eoc.infer.kernels
 _warned_no_numba = False
 
 
@@ -116,8 +116,7 @@ class EngineStats:
     @property
     def flop_reduction(self) -> float:
         """Dense multiply-adds / multiply-adds done, whole network (>= 1 when zeros are skipped)."""
-        done = sum(self.macs)
-        return sum(self.dense_macs) / done if done else math.inf
+        return flop_reduction(sum(self.dense_macs), sum(self.macs))
 
     @property
     def density(self) -> tuple[float, ...]:
@@ -167,6 +166,8 @@ class SparseEngine:
     Attributes:
         backend: the backend in use, ``numba`` or ``numpy``.
         backend_note: why ``numpy`` was used under ``backend="auto"`` ("" otherwise).
+        bias_shift: what is subtracted from each hidden bias (tau for a one-sided phi, else
+            0; :func:`~sparse_eoc.infer.plan.layer_activations`), as the model's own ``act.bias_shift``.
         last_stats: the :class:`EngineStats` of the last call (None before the first);
             ``last_strategies``: its per-layer strategies.
 
@@ -212,19 +213,12 @@ class SparseEngine:
         # The first layer absorbs the offset: b + W c, in float64, rounded once.
         if self.input_offset is not None:
             bs[0] = bs[0] + ws[0].astype(np.float64) @ self.input_offset.astype(np.float64)
-        hidden_kind = ACT_TWO_SIDED if act.two_sided else ACT_ONE_SIDED
         n_layers = len(ws)
+        self._kinds, self._taus, self._ms, self.bias_shift = layer_activations(act.name, tau, m, n_layers)
         self._wts = [np.ascontiguousarray(w.T, dtype=np.float32) for w in ws]  # (N_in, N_out) each
-        self._biases = []
-        for i, b in enumerate(bs):
-            b32 = b.astype(np.float32)
-            if i < n_layers - 1 and hidden_kind == ACT_ONE_SIDED:
-                b32 = b32 - np.float32(tau)  # b - tau: the threshold folded in, as SparseMLP does
-            self._biases.append(b32)
-        self._kinds = np.array([hidden_kind] * (n_layers - 1) + [ACT_IDENTITY], dtype=np.int64)
-        act_tau = tau if hidden_kind == ACT_TWO_SIDED else 0.0
-        self._taus = np.array([act_tau] * (n_layers - 1) + [0.0], dtype=np.float32)
-        self._ms = np.array([m] * (n_layers - 1) + [math.inf], dtype=np.float32)
+        self._biases = [b.astype(np.float32) for b in bs]
+        for i in range(n_layers - 1):
+            self._biases[i] -= np.float32(self.bias_shift)  # b - tau for a one-sided phi, as SparseMLP folds it
         self.strategy = strategy
         self._codes = self._check_strategy(strategy, n_layers)
         # Batch 1 runs every layer as a gather under auto (no batch to share rows across),
@@ -270,7 +264,9 @@ class SparseEngine:
             weights = [layer.weight.detach().cpu().numpy() for layer in layers]  # (N_out, N_in), no copy
             biases = [layer.bias.detach().cpu().double().numpy() for layer in layers]
         act = model.act
-        return cls(weights, biases, act.name, act.tau, act.m, **options)
+        engine = cls(weights, biases, act.name, act.tau, act.m, **options)
+        assert engine.bias_shift == act.bias_shift, "the engine folds tau into the bias as the model does"
+        return engine
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, *, input_offset: Any = "data", **options) -> "SparseEngine":
@@ -287,7 +283,7 @@ class SparseEngine:
             FileNotFoundError: if the run's files are missing.
             ValueError: if the run is not an MLP run.
         """
-        from sparse_eoc.train import load_run
+        from sparse_eoc.nn.build import load_run
 
         model, config = load_run(run_dir)
         if isinstance(input_offset, str):

@@ -2,10 +2,10 @@
 
 Imported only when numba is installed (``pip install 'sparse-eoc[fast]'``); the engine
 falls back to its NumPy path otherwise. One call of :func:`forward_serial` (or
-:func:`forward_parallel`) runs every layer
-(no Python between layers), for each layer: count the nonzero inputs and the union,
-pick a strategy (:mod:`sparse_eoc.infer.plan`), multiply, add the bias and apply the
-activation in the same pass over the output tile. :func:`forward_single` is the batch-1
+:func:`forward_parallel`) runs every layer (no Python between layers), for each layer:
+count the nonzero inputs and the union, pick a strategy
+(:func:`sparse_eoc.infer.plan.choose_strategy`, compiled here as it is), multiply, add the
+bias and apply the activation in the same pass over the output tile. :func:`forward_single` is the batch-1
 latency path: every layer a gather, with no per-layer counting, choice or allocation.
 
 Weight rows are read in groups of four, and the rows ``PREFETCH_AHEAD`` further on are
@@ -31,41 +31,29 @@ from llvmlite import ir
 from llvmlite.binding import llvm_version_info
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
-from sparse_eoc.infer.plan import AUTO, CSR, DENSE, GATHER, UNION, _cost
+from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, DENSE, GATHER, UNION, _cost,
+                                   choose_strategy)
 
-__all__ = ["forward_single", "forward_serial", "forward_parallel", "ACT_ONE_SIDED", "ACT_TWO_SIDED", "ACT_IDENTITY"]
+__all__ = ["forward_single", "forward_serial", "forward_parallel"]
 
-#: Activation kinds: min(max(v, 0), m) after the threshold is folded into the bias
-#: (relu_tau, crelu); sign(v) min(max(|v| - tau, 0), m) (st_tau, cst); none (readout).
-ACT_ONE_SIDED, ACT_TWO_SIDED, ACT_IDENTITY = 0, 1, 2
+# The cost model and the strategy choice are written once, in plan.py (the NumPy backend calls
+# them there); registered here, numba compiles those same functions into _layer. numba's disk
+# cache checks only this file's timestamp: after editing them in plan.py, touch this file.
+register_jitable(_cost)
+register_jitable(choose_strategy)
 
 _FASTMATH = {"contract"}
 _U = np.uint64
 PREFETCH_AHEAD = 8  # rows: prefetch two groups of four ahead of the adds
 PREFETCH_FLOATS = 320  # of each upcoming row: a whole width-300 row (1200 bytes)
-_cost_nb = njit(cache=True)(_cost)
-
-
-@njit(cache=True)
-def _choose(batch, n_in, n_out, nnz, n_union, costs):
-    """:func:`sparse_eoc.infer.plan.choose_strategy`, compiled (same order of ties)."""
-    if batch == 1:
-        return GATHER
-    b, i, o, z, u = float(batch), float(n_in), float(n_out), float(nnz), float(n_union)
-    best = GATHER
-    best_cost = _cost_nb(GATHER, b, i, o, z, u, costs)
-    for code in (CSR, UNION, DENSE):
-        cost = _cost_nb(code, b, i, o, z, u, costs)
-        if cost < best_cost:
-            best, best_cost = code, cost
-    return best
 
 
 @njit(cache=True)
 def _act(v, kind, tau, m):
-    """phi of one float32 pre-activation (bias already added; NaN passes through)."""
+    """phi of one float32 pre-activation (bias already added; NaN passes through); ``kind``, ``tau``
+    and ``m`` as :func:`sparse_eoc.infer.plan.layer_activations` gives them."""
     if kind == ACT_ONE_SIDED:
         if v > 0:
             return v if v < m else m
@@ -257,7 +245,8 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
 
     Args:
         a: the layer's input (B, N_in).  wt: W^T (N_in, N_out).  bias: effective bias (N_out,).
-        kind, tau, m: the activation (ACT_*) and its float32 tau and m.
+        kind, tau, m: the activation (an ``ACT_*`` code of :mod:`sparse_eoc.infer.plan`) and its
+            float32 tau and m.
         strategy: a strategy code, or AUTO (chosen here from the measured nnz and union).
         skip: skip zero inputs (False: the same kernels with every input treated as nonzero).
         costs: the cost model (7,) float64.  ntiles: column tiles of dense/gather (= threads).
@@ -281,7 +270,7 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
         n_union += mark[j]
     s = strategy
     if s == AUTO:
-        s = _choose(batch, n_in, n_out, nnz, n_union, costs)
+        s = choose_strategy(batch, n_in, n_out, nnz, n_union, costs)
     if s == DENSE:
         y = np.dot(a, wt)  # (B, N_out), BLAS
         for t in prange(ntiles):

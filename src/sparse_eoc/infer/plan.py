@@ -20,8 +20,16 @@ Strategies (all exact; they differ only in the order of float32 additions):
   union row read from memory once. Best for larger batches.
 
 ``auto`` picks per layer and per call, from the measured nnz and |U|, the strategy with
-the lowest predicted time under :class:`CostModel`; at batch 1 it is always ``gather``. NumPy only: no torch, no numba (the
-numba kernels compile :func:`choose_strategy` as it is).
+the lowest predicted time under :class:`CostModel`; at batch 1 it is always ``gather``.
+
+The activation after each layer is coded as one of ``ACT_ONE_SIDED`` (relu_tau, crelu: the
+threshold folded into the bias, then min(max(v, 0), m)), ``ACT_TWO_SIDED`` (st_tau, cst:
+sign(v) min(max(|v| - tau, 0), m)) or ``ACT_IDENTITY`` (the readout); :func:`layer_activations`
+gives each layer's code and parameters.
+
+NumPy only: no torch, no numba. The numba kernels (:mod:`sparse_eoc.infer.kernels`) compile
+:func:`choose_strategy` and its cost function from this module as they are (one copy of the
+choice for both backends), and use the ``ACT_*`` codes defined here.
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ from dataclasses import astuple, dataclass, fields
 
 import numpy as np
 
+from sparse_eoc.activations import get_activation
+
 __all__ = ["STRATEGIES", "STRATEGY_CHOICES", "AUTO", "DENSE", "GATHER", "UNION", "CSR", "CostModel",
-           "choose_strategy", "strategy_code"]
+           "choose_strategy", "strategy_code", "ACT_ONE_SIDED", "ACT_TWO_SIDED", "ACT_IDENTITY",
+           "layer_activations", "flop_reduction"]
 
 #: The strategy names, indexed by their integer code.
 STRATEGIES = ("dense", "gather", "union", "csr")
@@ -40,6 +51,9 @@ DENSE, GATHER, UNION, CSR = range(len(STRATEGIES))
 AUTO = -1
 #: What a ``strategy=`` argument accepts.
 STRATEGY_CHOICES = ("auto", *STRATEGIES)
+#: Activation kinds of the engine (module docstring): one-sided with the threshold folded
+#: into the bias, two-sided, none (the readout).
+ACT_ONE_SIDED, ACT_TWO_SIDED, ACT_IDENTITY = 0, 1, 2
 
 
 def strategy_code(name: str) -> int:
@@ -95,18 +109,48 @@ class CostModel:
                 raise ValueError(f"{f.name} must be a finite number > 0, got {f.name}={value!r}")
 
     def as_array(self) -> np.ndarray:
-        """The constants as float64 (7,), in field order (what the numba kernels take)."""
+        """The constants as float64 (7,), in field order (what :func:`choose_strategy` takes)."""
         return np.array(astuple(self), dtype=np.float64)
 
-    def predict(self, batch: int, n_in: int, n_out: int, nnz: int, n_union: int) -> dict[str, float]:
-        """Predicted nanoseconds of every strategy for one layer (see the class docstring)."""
-        c = self.as_array()
-        return {name: _cost(code, float(batch), float(n_in), float(n_out), float(nnz), float(n_union), c)
-                for code, name in enumerate(STRATEGIES)}
+
+def flop_reduction(dense_macs: int, macs: int) -> float:
+    """Dense multiply-adds / multiply-adds done: >= 1 when zeros are skipped, inf when none were done."""
+    return dense_macs / macs if macs else math.inf
+
+
+def layer_activations(activation: str, tau: float, m: float,
+                      n_layers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The activation after each of ``n_layers`` layers (hidden layers, then the readout), as the kernels take it.
+
+    A one-sided phi (``relu_tau``, ``crelu``) has its threshold folded into the preceding
+    bias, as :class:`~sparse_eoc.nn.SparseMLP` does (its activation's ``bias_shift``):
+    phi(h) = min(max(h - tau, 0), m), so the layer adds b - tau and applies min(max(v, 0), m).
+    A two-sided phi (``st_tau``, ``cst``) cannot fold (bias shift 0): the layer applies
+    sign(v) min(max(|v| - tau, 0), m). Paper Section 2 defines the activations.
+
+    Args:
+        activation: a registry name.  tau: the threshold, >= 0.  m: the clip, > 0 (inf: unclipped).
+        n_layers: L + 1 >= 2 (L hidden layers and the readout).
+
+    Returns:
+        ``(kinds, taus, ms, bias_shift)``: kinds int64 (n_layers,) of ``ACT_*`` codes; taus and
+        ms float32 (n_layers,), the tau and m each kernel applies (the readout: ``ACT_IDENTITY``,
+        0 and inf); bias_shift, the float to subtract from every hidden layer's bias.
+
+    Raises:
+        ValueError: an unknown activation (the message lists the valid ones).
+    """
+    two_sided = get_activation(activation).two_sided
+    kind, kernel_tau, bias_shift = (ACT_TWO_SIDED, tau, 0.0) if two_sided else (ACT_ONE_SIDED, 0.0, tau)
+    hidden = n_layers - 1
+    kinds = np.array([kind] * hidden + [ACT_IDENTITY], dtype=np.int64)
+    taus = np.array([kernel_tau] * hidden + [0.0], dtype=np.float32)
+    ms = np.array([m] * hidden + [math.inf], dtype=np.float32)
+    return kinds, taus, ms, bias_shift
 
 
 def _cost(code, batch, n_in, n_out, nnz, n_union, c):
-    """Predicted time of strategy ``code`` (floats in, float out; numba compiles it unchanged)."""
+    """Predicted time of strategy ``code`` (floats in, float out; the numba kernels compile it as it is)."""
     mem, cached, blas, gather, csr, copy, cache_bytes = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
     if code == DENSE:
         return (blas * batch + mem) * n_in * n_out
@@ -129,7 +173,7 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
 
     Returns:
         One of DENSE, GATHER, UNION, CSR; ties go to the earlier of gather, csr, union, dense
-        (the numba kernels repeat this choice over the same :func:`_cost`). Batch 1 is
+        (the numba kernels compile this function, so both backends choose alike). Batch 1 is
         always GATHER: with no batch to share rows across, the numba engine runs the whole
         network as one gather kernel and chooses nothing per layer (for a fully dense input
         that is the dense product as row updates).

@@ -2,10 +2,11 @@
 
 Engine and dense model add the same float32 products in different orders, so a
 pre-activation h within float32 round-off of a kink of phi (tau, tau + m, or their
-negatives for the two-sided activations) may fall on different sides in the two: the unit
-is then zero in one and a tiny nonzero in the other. phi is continuous, so the logits still
-agree to round-off, but the zero patterns (and so the multiply-add counts) may not.
-:func:`near_kink` finds the examples where that can happen, from h in float64.
+negatives for the two-sided activations: :func:`sparse_eoc.gp.gaussian.kinks`) may fall on
+different sides in the two: the unit is then zero in one and a tiny nonzero in the other.
+phi is continuous, so the logits still agree to round-off, but the zero patterns (and so the
+multiply-add counts) may not. :func:`near_kink` finds the examples where that can happen,
+from h in float64.
 """
 
 from __future__ import annotations
@@ -18,19 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from sparse_eoc.activations import get_activation
+from sparse_eoc.infer.plan import flop_reduction
 
-__all__ = ["KinkReport", "near_kink", "kinks", "compare_with_dense", "evaluate_run"]
+__all__ = ["KinkReport", "near_kink", "compare_with_dense", "evaluate_run"]
 
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-def kinks(activation: str, tau: float, m: float) -> tuple[float, ...]:
-    """The points where phi is not differentiable: tau and tau + m (if m is finite), and their
-    negatives for the two-sided activations (``st_tau``, ``cst``). Paper Section 2."""
-    act = get_activation(activation)
-    points = [tau] + ([tau + m] if math.isfinite(m) else [])
-    return tuple(points + [-p for p in points]) if act.two_sided else tuple(points)
 
 
 @dataclass(frozen=True)
@@ -74,6 +67,8 @@ def near_kink(model, x, *, factor: float = 64.0) -> KinkReport:
         ValueError: if ``factor`` is not > 0.
     """
     import torch
+
+    from sparse_eoc.gp.gaussian import kinks  # here: the engine alone need not load the theory (SciPy's quadrature)
 
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"factor must be a finite number > 0, got factor={factor!r}")
@@ -160,7 +155,7 @@ def compare_with_dense(engine, model, x: np.ndarray, y: np.ndarray, *, batch_siz
         "max_abs_logit_diff": float(diff.max()),
         "max_rel_logit_diff": float((diff.max(axis=1) / scale).max()),
         "speedup": dense_s / engine_s,
-        "flop_reduction": dense / done if done else math.inf,
+        "flop_reduction": flop_reduction(dense, done),
         "engine_seconds": engine_s,
         "dense_seconds": dense_s,
         "n": n,
@@ -168,6 +163,60 @@ def compare_with_dense(engine, model, x: np.ndarray, y: np.ndarray, *, batch_siz
         "backend": engine.backend,
         "strategies": counts,
     }
+
+
+def _network_that_fits(run_dir):
+    """The :class:`~sparse_eoc.runs.network.NetworkSpec` of an MLP run whose weights fit in
+    memory, read from ``config.json`` before the model is built (None without ``config.json``:
+    ``load_run`` then says what is missing).
+
+    Raises:
+        ValueError: ``config.json`` unreadable or without a valid network section, a CNN
+            run, or weights that cannot fit (twice: the model and the engine's copy).
+    """
+    from pathlib import Path
+
+    from sparse_eoc.checks import physical_memory_bytes
+    from sparse_eoc.runs.files import CONFIG_FILE, read_json
+    from sparse_eoc.runs.network import NetworkSpec
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        spec = NetworkSpec.from_dict(read_json(path, what="a run's settings (a JSON object)").get("network"))
+    except ValueError as err:
+        raise ValueError(f"{path}: cannot rebuild the model: {err}") from err
+    if spec.kind != "mlp":
+        raise ValueError(f"{run_dir}: infer evaluates MLP runs; this is a {spec.kind} run "
+                         "(sparse_eoc.infer.cnn_flop_report reports a CNN's skippable multiply-adds)")
+    need, have = 2 * 4 * spec.n_parameters(), physical_memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(f"{run_dir}: its depth-{spec.depth}, width-{spec.width} MLP needs at least "
+                         f"{need / 2**30:.3g} GiB to evaluate (its float32 weights twice: the model and the "
+                         f"engine's copy), more than the {have / 2**30:.3g} GiB of memory of this machine")
+    return spec
+
+
+def _check_test_set(data, spec, run_dir, data_dir) -> None:
+    """Refuse a test set the run's network cannot evaluate: empty, images of another shape, or
+    labels outside 0..num_classes - 1 (they would silently count as wrong).
+
+    Raises:
+        ValueError: naming ``--data-dir`` and the run.
+    """
+    if len(data.x_test) == 0:
+        raise ValueError(f"--data-dir {data_dir}: the test split holds no images")
+    shape = tuple(int(d) for d in data.image_shape)
+    # Configs older than image_shape record (1, in_features): then only the size can be compared.
+    same = shape == spec.image_shape if len(spec.image_shape) == 3 else math.prod(shape) == spec.in_features
+    if not same:
+        raise ValueError(f"--data-dir {data_dir}: images of shape {shape}, but the run {run_dir} takes images of "
+                         f"shape {spec.image_shape}; give the data the run was trained on")
+    lo, hi = int(data.y_test.min()), int(data.y_test.max())
+    if lo < 0 or hi >= spec.num_classes:
+        raise ValueError(f"--data-dir {data_dir}: test labels {lo}..{hi}, but the run {run_dir} has "
+                         f"{spec.num_classes} classes (labels 0..{spec.num_classes - 1})")
 
 
 def evaluate_run(run_dir, data_dir, *, batch_size: int = 1, strategy: str = "auto", threads: int = 1,
@@ -188,23 +237,32 @@ def evaluate_run(run_dir, data_dir, *, batch_size: int = 1, strategy: str = "aut
         :func:`compare_with_dense`'s dict plus ``run`` and ``threads``.
 
     Raises:
-        ValueError: a CNN run, or bad options.  FileNotFoundError: missing run files.
+        ValueError: bad options (checked before the run is read); a CNN run; a network whose
+            weights cannot fit in memory (checked before it is built); an unfinished run or
+            one that diverged before any epoch completed (no weights); a test set that is
+            empty, of another image shape, or with labels outside the run's classes.
+        FileNotFoundError: missing run files.
     """
     import torch
 
-    from sparse_eoc.data import load_image_dataset
-    from sparse_eoc.infer.engine import SparseEngine, zero_pixel_offset
-    from sparse_eoc.train import load_run
-
     from sparse_eoc.checks import check_int
+    from sparse_eoc.data import load_image_dataset
+    from sparse_eoc.infer.engine import BACKENDS, SparseEngine, zero_pixel_offset
+    from sparse_eoc.infer.plan import strategy_code
+    from sparse_eoc.nn.build import load_run
 
+    batch_size = check_int("batch_size", batch_size)
+    repeats = check_int("repeats", repeats)
+    threads = check_int("threads", threads)
     limit = None if limit is None else check_int("limit", limit)
+    strategy_code(strategy)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got backend={backend!r}")
+    spec = _network_that_fits(run_dir)
     model, config = load_run(run_dir)
-    if config["network"].get("kind", "mlp") != "mlp":
-        raise ValueError(f"{run_dir}: infer evaluates MLP runs; this is a {config['network']['kind']} run "
-                         "(sparse_eoc.infer.cnn_flop_report reports a CNN's skippable multiply-adds)")
     data = load_image_dataset(config.get("dataset", "mnist"), data_dir, val_size=config.get("val_size", 0),
                               seed=config.get("seed", 0))
+    _check_test_set(data, spec, run_dir, data_dir)
     offset = zero_pixel_offset(data.mean, data.std, data.image_shape)
     engine = SparseEngine.from_model(model, input_offset=offset, strategy=strategy, threads=threads,
                                      backend=backend)

@@ -1,7 +1,7 @@
 """Torch versions of the registered sparsity-inducing activations.
 
 Each function here is the torch twin of the NumPy function of the same name in
-:mod:`sparse_eoc.activations` (paper Section 2; THEORY.md section 2)::
+:mod:`sparse_eoc.activations` (paper Section 2; docs/theory.md section 2)::
 
     relu_tau(x, tau)   = max(0, x - tau)                        F.relu(x - tau)
     st_tau(x, tau)     = sign(x) max(0, |x| - tau)              F.softshrink(x, tau)

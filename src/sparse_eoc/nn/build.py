@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from sparse_eoc.checks import physical_memory_bytes
 from sparse_eoc.nn.cnn import SparseCNN
 from sparse_eoc.nn.device import resolve_device
 from sparse_eoc.nn.init import init_eoc_, input_weight_variance
@@ -68,10 +69,7 @@ def device_memory_bytes(device: torch.device) -> int | None:
     """The memory of ``device``: a GPU's total memory, or the machine's physical memory (None if unknown)."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - no sysconf
-        return None
+    return physical_memory_bytes()
 
 
 def check_fits(spec: NetworkSpec, device: torch.device, *, batch_size: int, option: str = "--depth/--width") -> None:

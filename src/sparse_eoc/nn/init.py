@@ -1,13 +1,13 @@
 """In-place Edge-of-Chaos initialisers, in the style of ``torch.nn.init``.
 
-The paper's Gaussian initialisation (THEORY.md section 1):
+The paper's Gaussian initialisation (docs/theory.md section 1.1):
 W^l_ij ~ N(0, sigma_w^2 / fan_in) and b^l_i ~ N(0, sigma_b^2), where fan_in is
 the number of inputs of one unit (N_{l-1} for a dense layer, channels x kernel
 area for a convolution). (sigma_w^2, sigma_b^2) on the EoC come from
-``sparse_eoc.gp`` (THEORY.md section 3).
+``sparse_eoc.gp`` (docs/theory.md section 3.3).
 
 The first layer sees data, not phi(h): its weight variance is chosen so that
-q^1 = q* (paper Section 5; THEORY.md section 5), see :func:`input_weight_variance`.
+q^1 = q* (paper Section 5; docs/theory.md section 5.3), see :func:`input_weight_variance`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def eoc_normal_(
 ) -> nn.Module | Tensor:
     """Fill a layer in place: W ~ N(0, sigma_w2 / fan_in), b ~ N(0, sigma_b2).
 
-    Implements the paper's initialisation (THEORY.md section 1). ``sigma_b2 = 0``
+    Implements the paper's initialisation (docs/theory.md section 1.1). ``sigma_b2 = 0``
     sets the bias to exactly 0.
 
     Args:
@@ -141,7 +141,7 @@ def input_weight_variance(q_star: float, sigma_b2: float, mean_square_input: flo
     ``sigma_w2_in * mean_square_input + sigma_b2`` with
     ``mean_square_input = E ||x||^2 / N_0``; setting it to q* gives
     ``sigma_w2_in = (q* - sigma_b2) / mean_square_input`` (paper Section 5;
-    THEORY.md section 5).
+    docs/theory.md section 5.3).
 
     Args:
         q_star: fixed-point variance q* > 0.

@@ -8,7 +8,7 @@ MNIST::
 
 so a depth-L model has L + 1 ``nn.Linear`` layers: ``hidden[0]`` (in_features ->
 width), ``hidden[1..L-1]`` (width -> width) and ``readout`` (width -> num_classes).
-In the paper's notation (THEORY.md section 1) ``hidden[l-1]`` holds W^l and b^l
+In the paper's notation (docs/theory.md section 1.1) ``hidden[l-1]`` holds W^l and b^l
 and computes h^l = phi(h^{l-1}) W^l^T + b^l, with phi(h^0) = x.
 
 **Width** is the number of units of every hidden layer (N_l = width).

@@ -1,6 +1,6 @@
 """Sparsity metering that rides along the normal forward pass.
 
-**Sparsity** (THEORY.md section 2) is the fraction of hidden-layer *outputs*
+**Sparsity** (docs/theory.md section 2) is the fraction of hidden-layer *outputs*
 phi(h) that are exactly 0. Example: a depth-2 MLP of width 3 on a batch of 4
 has 2 x 4 x 3 = 24 hidden outputs; if layer 1 has 6 zeros and layer 2 has 9,
 ``per_layer() == [6/12, 9/12]`` and ``overall() == 15/24``. Readout logits and

@@ -40,6 +40,9 @@ PADDING_MODES = ("zeros", "circular")  # of the CNN's "same" convolutions
 WEIGHT_INITS = ("gaussian", "delta_orthogonal")  # of init_eoc_ (delta_orthogonal: CNN only)
 LR_SCHEDULES = ("none", "cosine")  # constant, or per-step cosine decay to 0
 ACTIVATION_CHOICES = (*ALIASES, *ACTIVATIONS)
+MAX_STEP_SIZE = 1e30  # lr (x readout_lr_scale): a float32 optimiser overflows near 3.4e38
+Q_STAR_RANGE = (1e-6, 1e6)  # q* of a trained network: tau and m ~ sqrt(q*) and their squares stay in float32
+MAX_THREADS = 1024
 
 #: What a setting is about, in its field's metadata ``kind``:
 #:   what        it changes what the run computes: in the run's name, compared on resume, splits a table cell
@@ -157,6 +160,15 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+        # Training runs in float32: the step sizes and the activation's scale sqrt(q*) must stay representable.
+        if self.lr * self.readout_lr_scale > MAX_STEP_SIZE or self.lr > MAX_STEP_SIZE:
+            raise ValueError(f"lr x readout_lr_scale must be at most {MAX_STEP_SIZE:g} (float32 arithmetic), "
+                             f"got lr={self.lr!r}, readout_lr_scale={self.readout_lr_scale!r}")
+        if not Q_STAR_RANGE[0] <= self.q_star <= Q_STAR_RANGE[1]:
+            raise ValueError(f"q_star must be in [{Q_STAR_RANGE[0]:g}, {Q_STAR_RANGE[1]:g}] for training in float32 "
+                             f"(tau and m scale with sqrt(q*)), got q_star={self.q_star!r}")
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise ValueError(f"threads must be an integer in 1..{MAX_THREADS}, got threads={self.threads!r}")
         for name in ("momentum", "weight_decay"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
