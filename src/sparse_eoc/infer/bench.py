@@ -190,7 +190,8 @@ def run_benchmark(
     from sparse_eoc.data import load_image_dataset
     from sparse_eoc.gp import solve_eoc
     from sparse_eoc.infer.engine import SparseEngine, zero_pixel_offset
-    from sparse_eoc.nn import SparseMLP, init_eoc_, input_weight_variance
+    from sparse_eoc.nn.build import build_model, init_from_point_
+    from sparse_eoc.runs.network import NetworkSpec
 
     widths = [check_int("width", w) for w in widths]
     batches = [check_int("batch", b) for b in batches]
@@ -217,10 +218,11 @@ def run_benchmark(
             layers = default_depth(width) if depth is None else depth
             for s in sparsities:
                 p = points[s]
-                model = SparseMLP(data.input_dim, data.num_classes, layers, width, "crelu", p.tau, p.m).eval()
-                init_eoc_(model, p.sigma_w2, p.sigma_b2,
-                          input_sigma_w2=input_weight_variance(p.q_star, p.sigma_b2, data.mean_square_input),
-                          generator=torch.Generator().manual_seed(seed))
+                spec = NetworkSpec(kind="mlp", image_shape=data.image_shape, num_classes=data.num_classes,
+                                   depth=layers, activation="crelu", tau=p.tau, m=p.m, width=width)
+                model = build_model(spec).eval()
+                init_from_point_(model, p, mean_square_input=data.mean_square_input,
+                                 generator=torch.Generator().manual_seed(seed))
                 engine = SparseEngine.from_model(model, input_offset=offset, strategy=strategy, threads=threads,
                                                  backend=backend)
                 for batch in batches:
