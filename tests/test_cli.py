@@ -31,10 +31,13 @@ def test_eoc_json_contract(capsys):
     assert set(out) == EOC_KEYS
     assert out["slope"] == pytest.approx(0.7, abs=1e-9)  # the default for a clipped activation
     assert out["q_star"] == 1.0 and out["chi1"] == pytest.approx(1.0)
-    assert out["m"] == pytest.approx(1.1704, abs=1e-4)
-    assert out["fixed_points"] == [{"q": pytest.approx(1.0), "stability": "stable"}]
-    assert out["bifurcation_m"] == pytest.approx(1.8386, abs=1e-3)
-    assert out["recommended_m"] == pytest.approx(1.5072, abs=1e-3)
+    # m, m_b and the recommended m: mpmath.findroot (30 digits) of the closed forms
+    # (tests/gp/test_eoc.py::test_reference_table, tests/gp/test_clip.py::test_bifurcation_m_and_...).
+    assert out["m"] == pytest.approx(1.1703673400911, rel=1e-10)
+    assert out["fixed_points"] == [{"q": 1.0, "stability": "stable"}]  # q* itself, exactly
+    assert out["bifurcation_m"] == pytest.approx(1.8386317906859, rel=1e-9)  # Brent in the scan: ~1e-9
+    assert out["bifurcation_search_max_m"] == 8.0
+    assert out["recommended_m"] == pytest.approx(1.5071889908055, rel=1e-9)
     assert out["recommendation"]["binding"] == "kappa" and "V''(q*) <= 0.25" in out["recommendation"]["reason"]
     assert out["warnings"] == []
 
@@ -64,7 +67,8 @@ def test_eoc_json_unclipped_has_null_m_and_half_stable_point(capsys):
     out = run_json(capsys, ["eoc", "--activation", "relu_tau", "--sparsity", "0.8", "--json"])
     assert out["m"] is None and out["bifurcation_m"] is None and out["recommended_m"] is None
     assert "half-stable" in out["warnings"][0]
-    assert out["sigma_w2"] == pytest.approx(5.0) and out["sigma_b2"] == pytest.approx(0.4698, abs=1e-4)
+    # sigma_w2 = 1 / (1 - s); sigma_b2 = 1 - A/P in 30-digit mpmath (tests/gp/test_eoc.py reference table)
+    assert out["sigma_w2"] == pytest.approx(5.0, rel=1e-12) and out["sigma_b2"] == pytest.approx(0.46978318323451, rel=1e-10)
     assert [f["stability"] for f in out["fixed_points"]] == ["half-stable"]
 
 
@@ -78,8 +82,10 @@ def test_eoc_with_m_and_q_star(capsys):
     out = run_json(capsys, ["eoc", "--activation", "cst", "--sparsity", "0.85", "--m", "3.0686",
                             "--q-star", "4", "--json"])
     assert out["q_star"] == 4.0 and out["m"] == 3.0686
-    assert out["tau"] == pytest.approx(2 * 1.4395, abs=1e-3)
-    assert out["slope"] == pytest.approx(0.9, abs=1e-3)  # scale invariance: m = 2 x 1.5343
+    # tau = sqrt(q*) Phi^{-1}((1 + s) / 2) and V'(q*) at m / sqrt(q*) = 1.5343 (scale invariance),
+    # both in 30-digit mpmath from the closed forms
+    assert out["tau"] == pytest.approx(2 * 1.4395314709385, rel=1e-10)
+    assert out["slope"] == pytest.approx(0.90000469582183, rel=1e-10)
     assert [f["stability"] for f in out["fixed_points"]] == ["stable", "unstable", "stable"]
 
 
@@ -111,6 +117,56 @@ def test_propagate_on_mnist_images(capsys, mnist_dir):
     assert out["q_median"][0] == pytest.approx(1.0, abs=0.3)
 
 
+def test_eoc_json_large_clip_lists_q_star(capsys):
+    """M2: the fixed-point search used to start above q* for m >= 1e5, so the warning said
+    'within 10% of the bifurcation' instead of 'past the bifurcation'."""
+    for m in ("1e4", "1e5"):
+        out = run_json(capsys, ["eoc", "--activation", "crelu", "--sparsity", "0.85", "--m", m, "--json"])
+        assert out["fixed_points"][0] == {"q": 1.0, "stability": "half-stable"}
+        assert [f["stability"] for f in out["fixed_points"]] == ["half-stable", "stable"]
+        assert any("past the bifurcation" in w for w in out["warnings"])
+        assert not any("within 10%" in w for w in out["warnings"])
+
+
+def test_eoc_smallest_q_star_is_strict_json(capsys):
+    out = run_json(capsys, ["eoc", "--activation", "crelu", "--sparsity", "0.85", "--q-star", "1e-100", "--json"])
+    assert out["fixed_points"] == [{"q": 1e-100, "stability": "stable"}]
+    assert out["curvature"] * 1e-100 == pytest.approx(0.022912749949558, rel=1e-9)  # kappa, scale-free
+
+
+@pytest.mark.parametrize("rho", ["-0.8,0.1", "-1,0,1", "-.5"])
+def test_eoc_rho_may_start_with_a_minus(capsys, rho):
+    """argparse used to read '-0.8,0.1' after --rho as an option ('expected one argument')."""
+    out = run_json(capsys, ["eoc", "--activation", "cst", "--sparsity", "0.85", "--rho", rho, "--json"])
+    assert out["correlation"]["rho"] == [float(v) for v in rho.split(",")]
+    assert run_json(capsys, ["eoc", "--activation", "cst", "--sparsity", "0.85", f"--rho={rho}", "--json"]) == out
+
+
+def test_eoc_text_is_unchanged(capsys):
+    """The text of sparse-eoc eoc, pinned as the code before analyse_clip printed it."""
+    assert main(["eoc", "--activation", "cst", "--sparsity", "0.85", "--slope", "0.9", "--rho", "-0.5,1"]) == 0
+    assert capsys.readouterr().out == """\
+Edge-of-Chaos point for cst, sparsity 0.85, q* = 1
+  tau        1.43953
+  m          1.53428
+  sigma_w2   6.8
+  sigma_b2   0.658164
+  chi1       1
+  V'(q*)     0.9
+  V''(q*)    0.89657
+  fixed points of V:
+    q = 1          stable       V'(q) = 0.9
+    q = 1.26339    unstable     V'(q) = 1.08291
+    q = 5.34001    stable       V'(q) = 0.705421
+  bifurcation m: 1.3270
+  recommended m: 0.8434 (bound by kappa: m = 0.8434 is the largest clip with q* V''(q*) <= 0.25, which caps \
+the slope at V'(q*) = 0.611 (max_slope 0.9, m_b = 1.327).)
+  correlation map:  rho        R(rho)     R'(rho)
+                    -0.5       0.563738   0.27474
+                    1          1          1
+"""
+
+
 def test_eoc_text_output(capsys):
     assert main(["eoc", "--activation", "cst", "--sparsity", "0.85", "--slope", "0.9"]) == 0
     text = capsys.readouterr().out
@@ -126,6 +182,17 @@ def test_eoc_text_output(capsys):
         (["eoc", "--activation", "st_tau", "--sparsity", "0.8", "--slope", "0.5"], "slope applies only"),
         (["eoc", "--activation", "crelu", "--sparsity", "0.8", "--q-star", "-1"], "q_star must be"),
         (["eoc", "--activation", "crelu"], "sparsity is required"),
+        # Extreme values used to crash (ZeroDivisionError, OverflowError), give nan, or fail in
+        # json.dumps; now one line naming the option and the range where the numerics hold.
+        (["eoc", "--activation", "crelu", "--sparsity", "0.85", "--q-star", "1e-300", "--json"],
+         "--q-star: q_star must be finite and > 0, in [1e-100, 1e+100]"),
+        (["eoc", "--activation", "cst", "--sparsity", "0.85", "--q-star", "1e300"],
+         "--q-star: q_star must be finite and > 0, in [1e-100, 1e+100]"),
+        (["eoc", "--activation", "crelu", "--sparsity", "0.85", "--m", "1e-300"], "--m: m must be in [1e-10, 1e+10]"),
+        (["eoc", "--activation", "crelu", "--sparsity", "0.85", "--m", "1e300"], "--m: m must be in [1e-10, 1e+10]"),
+        (["eoc", "--activation", "crelu", "--sparsity", "0.85", "--slope", "1e-300"],
+         "--slope: slope (the target V'(q*)) for crelu at sparsity=0.85 must be in [5.18e-11, 1)"),
+        (["eoc", "--activation", "crelu", "--sparsity", "0.85", "--margin", "0"], "--margin: margin must be in (0, 1]"),
     ],
 )
 def test_eoc_bad_input_exits_2_with_one_clear_line(capsys, argv, message):
@@ -203,10 +270,21 @@ def test_train_config_override_swaps_slope_for_m(tmp_path, capsys, mnist_subset_
     assert (saved["activation"], saved["sparsity"], saved["m"], saved["slope"]) == ("relu", None, None, None)
 
 
-def test_train_download_needs_cifar10(tmp_path, capsys):
+def test_train_download_fetches_mnist_too(tmp_path, capsys, monkeypatch):
+    """``--download`` with MNIST calls the MNIST downloader on --data-dir (faked: no network)."""
+    import sparse_eoc.data.registry as registry
+
+    calls = []
+
+    def fake(data_dir):
+        calls.append(str(data_dir))
+        raise OSError("no network here")
+
+    monkeypatch.setattr(registry, "DATASET_DOWNLOADERS", {**registry.DATASET_DOWNLOADERS, "mnist": fake})
     argv = ["train", "--activation", "relu", "--download", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]
     assert main(argv) == 2
-    assert "--download fetches CIFAR-10" in capsys.readouterr().err
+    assert calls == [str(tmp_path)] and "no network here" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing trained, no run directory
 
 
 def test_train_cifar10_already_there_is_not_downloaded(tmp_path, capsys, cifar_dir):

@@ -1,7 +1,7 @@
 """The house plan, executable: which floors may import which, and what never imports torch.
 
-STYLE.md principle 1 and the layout of docs/theory.md's code map: the theory, the registry,
-the settings and run files, and the data readers never import torch; imports run one way
+The layout the README describes: the theory, the registry, the settings and run files, and
+the data readers never import torch; imports run one way
 (checks/jsonio -> activations -> gp -> runs -> nn -> train -> experiments / infer -> cli).
 """
 

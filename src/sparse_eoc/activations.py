@@ -4,7 +4,7 @@ One name selects one activation everywhere: the torch module
 (:mod:`sparse_eoc.nn.activations`), the closed-form Gaussian-process maps
 (:mod:`sparse_eoc.gp.maps`) and the CLI's ``--activation`` option.
 
-The four activations (paper Section 2; THEORY.md section 2), for a threshold
+The four activations (paper Section 2; docs/theory.md section 2), for a threshold
 ``tau >= 0`` and a clip ``m > 0`` (``m = inf`` means unclipped)::
 
     relu_tau(x) = max(0, x - tau)                          shifted ReLU

@@ -23,24 +23,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import fields
-from pathlib import Path
 
-from sparse_eoc.activations import ACTIVATIONS, ALIASES
+from sparse_eoc.experiments.results import DIVERGED_CONVENTIONS
+from sparse_eoc.experiments.sweep import BACKENDS as SWEEP_BACKENDS
+from sparse_eoc.infer.bench import CACHE_PROTOCOLS
+from sparse_eoc.infer.engine import BACKENDS as ENGINE_BACKENDS
+from sparse_eoc.runs.config import (
+    ACTIVATION_CHOICES,
+    MODELS,
+    PADDING_MODES,
+    TrainConfig,
+    layer_settings,
+    option_name,
+    resume_settings,
+    setting_type,
+)
 from sparse_eoc.gp.clip import M_MAX
 from sparse_eoc.gp import (
-    bifurcation_m,
-    check_clip,
     correlation_map,
     correlation_map_derivative,
-    fixed_points,
-    recommend_clip,
     solve_eoc,
 )
-
-ACTIVATION_CHOICES = [*ALIASES, *ACTIVATIONS]
 
 
 def _add_eoc_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -55,42 +60,47 @@ def _add_eoc_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--q-star", type=float, default=d(1.0), help="fixed point q* of the variance map (default 1.0)")
 
 
+def _add_setting_options(p: argparse.ArgumentParser) -> None:
+    """``train``'s options, one per TrainConfig field, made from the fields' types, choices and help.
+
+    Every option defaults to None ("not given"), so that it overrides ``--config`` and
+    ``--preset`` only when given (:func:`sparse_eoc.runs.config.layer_settings`).
+    """
+    clip = p.add_mutually_exclusive_group()
+    for f in fields(TrainConfig):
+        kind = setting_type(f.name)
+        default = f.default
+        shown = "all cores" if f.name == "threads" else ("none" if default is None else default)
+        text = f.metadata["help"] + ("" if kind is bool else f" (default {shown})")
+        kwargs: dict = {"dest": f.name, "help": text, "default": None}
+        if kind is bool:
+            kwargs.update(action="store_const", const=True)
+        else:
+            kwargs.update(type=kind, metavar=f.name.upper())
+            if f.metadata["choices"]:
+                kwargs.update(choices=f.metadata["choices"], metavar=None)
+        (clip if f.name in ("slope", "m") else p).add_argument(option_name(f.name), **kwargs)
+
+
 def _eoc_command(args: argparse.Namespace) -> int:
-    point = solve_eoc(args.activation, args.sparsity, args.q_star, m=args.m, slope=args.slope)
-    fps = fixed_points(point)
-    out = {
-        **point.to_dict(),
-        "activation": args.activation,  # as asked (relu stays relu)
-        "fixed_points": [
-            {"q": f.q, "stability": f.stability, **({"note": f.note} if f.note else {})} for f in fps
-        ],
-    }
-    clipped = math.isfinite(point.m) or args.activation in ("crelu", "cst")
-    recommendation = None
-    out["bifurcation_m"] = out["bifurcation_search_max_m"] = out["recommended_m"] = out["recommendation"] = None
-    if clipped:
-        out["bifurcation_m"] = bifurcation_m(point.activation, point.sparsity, point.q_star)
-        out["bifurcation_search_max_m"] = M_MAX * math.sqrt(point.q_star)  # null above means none up to here
-        recommendation = recommend_clip(point.activation, point.sparsity, point.q_star,
-                                        margin=args.margin, kappa=args.kappa)
-        out["recommended_m"] = recommendation.m
-        out["recommendation"] = {
-            "m": recommendation.m,
-            "slope": recommendation.slope,
-            "scaled_curvature": recommendation.scaled_curvature,
-            "binding": recommendation.binding,
-            "reason": recommendation.reason,
-        }
-    warnings = check_clip(point.activation, point.sparsity, point.q_star, point.m,
-                          margin=args.margin, kappa=args.kappa)
-    out["warnings"] = warnings
+    from sparse_eoc.gp import analyse_clip
+
+    try:
+        point = solve_eoc(args.activation, args.sparsity, args.q_star, m=args.m, slope=args.slope)
+        analysis = analyse_clip(point, margin=args.margin, kappa=args.kappa)
+    except ValueError as err:  # name the option the library's argument came from
+        first = str(err).split(" ", 1)[0]
+        option = {"q_star": "--q-star", "m": "--m", "slope": "--slope", "sparsity": "--sparsity",
+                  "margin": "--margin", "kappa": "--kappa"}.get(first)
+        raise (type(err)(f"{option}: {err}") if option else err) from None
+    out = {**analysis.to_dict(), "activation": args.activation}  # as asked (relu stays relu)
     if args.rho is not None:
         out["correlation"] = {
             "rho": args.rho,
             "R": [float(r) for r in correlation_map(args.rho, point)],
             "dR": [float(r) for r in correlation_map_derivative(args.rho, point)],
         }
-    for warning in warnings:
+    for warning in analysis.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(out, allow_nan=False))
@@ -101,11 +111,13 @@ def _eoc_command(args: argparse.Namespace) -> int:
         label = {"slope": "V'(q*)", "curvature": "V''(q*)", "m": "m"}.get(key, key)
         print(f"  {label:<10} {'inf (unclipped)' if value is None else f'{value:.6g}'}")
     print("  fixed points of V:")
-    for f in fps:
+    for f in analysis.fixed_points:
         print(f"    q = {f.q:<10.6g} {f.stability:<12} V'(q) = {f.slope:<10.6g} {f.note}".rstrip())
+    recommendation = analysis.recommendation
     if recommendation is not None:
-        bif = out["bifurcation_m"]
-        print(f"  bifurcation m: {'none up to 8 sqrt(q*)' if bif is None else f'{bif:.4f}'}")
+        bif, top = analysis.bifurcation_m, analysis.bifurcation_search_max_m
+        none = "none up to 8 sqrt(q*)" if top <= M_MAX * point.q_star**0.5 else f"none up to {top:.4g}"
+        print(f"  bifurcation m: {none if bif is None else f'{bif:.4f}'}")
         print(f"  recommended m: {recommendation.m:.4f} (bound by {recommendation.binding}: {recommendation.reason})")
     if args.rho is not None:
         print("  correlation map:  rho        R(rho)     R'(rho)")
@@ -174,60 +186,34 @@ def _report_command(args: argparse.Namespace) -> int:
     from sparse_eoc.experiments.report import write_report  # torch-free: reads the runs' JSON files
 
     summary = write_report(args.dir, args.out, cells=args.cells, diverged=args.diverged)
+    skipped = f", {summary.n_skipped} malformed (skipped, see the notes)" if summary.n_skipped else ""
     print(f"{summary.n_found} run(s) found: {summary.n_finished} finished ({summary.n_diverged} diverged), "
-          f"{summary.n_unfinished} unfinished (skipped); wrote {len(summary.paths)} files to {args.out}")
+          f"{summary.n_unfinished} unfinished (skipped){skipped}; wrote {len(summary.paths)} files to {args.out}")
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
 
 
 def _train_command(args: argparse.Namespace) -> int:
-    from sparse_eoc.train import TrainConfig, get_preset, train  # torch is imported only here
+    from sparse_eoc.train import train  # torch is imported only here
 
+    explicit = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     if args.resume is not None:  # the run's own settings; only how it runs may change
-        run_free = ("device", "threads")
-        given = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)
-                 if f.name not in run_free and getattr(args, f.name, None) is not None]
-        given += [opt for opt, value in (("--config", args.config), ("--out", args.out),
-                                         ("--download", args.download)) if value]
-        if given:
-            raise ValueError(f"--resume takes the settings from {Path(args.resume) / 'config.json'}: drop "
-                             f"{', '.join(given)} (only --device, --threads and --no-progress go with --resume)")
-        path = Path(args.resume) / "config.json"
-        if not path.is_file():
-            raise ValueError(f"--resume {args.resume}: {path} not found (pass a run directory)")
-        config = TrainConfig.from_dict({**json.loads(path.read_text()),
-                                        **{k: getattr(args, k) for k in run_free if getattr(args, k) is not None}})
-        result = train(config, args.resume, progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
-                       resume=True)
+        others = [opt for opt, value in (("--config", args.config), ("--out", args.out),
+                                         ("--download", args.download), ("--overwrite", args.overwrite)) if value]
+        config = resume_settings(args.resume, explicit, other_options=others)
+        result = train(config, args.resume, progress=not args.no_progress, log=log, resume=True)
         _print_train_summary(result, args.resume)
         return 0
-    settings: dict = {}
-    if args.config:  # a run's resolved settings, preset included
-        path = Path(args.config)
-        if not path.is_file():
-            raise ValueError(f"--config {path}: not found (pass a run's config.json)")
-        settings.update(TrainConfig.from_dict(json.loads(path.read_text())).to_dict())
-    if args.preset:
-        settings.update(get_preset(args.preset), preset=args.preset)
-    explicit = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    # An explicit choice replaces what it excludes in the loaded settings: m and slope are
-    # alternatives, an unclipped activation takes neither, and relu fixes the sparsity.
-    if "m" in explicit or "slope" in explicit or "activation" in explicit:
-        settings.pop("m", None), settings.pop("slope", None)
-    if explicit.get("activation") == "relu":
-        settings.pop("sparsity", None)
-    settings.update(explicit)
     if args.out is None:
         raise ValueError("--out is required: the run directory to write")
-    config = TrainConfig(**settings)
+    config = layer_settings(config_file=args.config, preset=explicit.pop("preset", None), explicit=explicit)
     if args.download:
-        if config.dataset != "cifar10" or config.data_dir is None:
-            raise ValueError("--download fetches CIFAR-10: use it with --dataset cifar10 --data-dir DIR")
-        from sparse_eoc.data import download_cifar10
+        from sparse_eoc.data import download_dataset
 
-        download_cifar10(config.data_dir)  # a no-op when the batches are already there
-    result = train(config, args.out, progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr))
+        download_dataset(config.dataset, config.data_dir)  # a no-op when the files are already there
+    result = train(config, args.out, progress=not args.no_progress, log=log, overwrite=args.overwrite)
     _print_train_summary(result, args.out)
     return 0
 
@@ -318,9 +304,11 @@ def _infer_command(args: argparse.Namespace) -> int:
 
 
 def _bench_inference_command(args: argparse.Namespace) -> int:
-    from sparse_eoc.infer.bench import run_benchmark
+    from sparse_eoc.infer.bench import check_output_file, run_benchmark
     from sparse_eoc.jsonio import to_json_safe, write_json
 
+    if args.out:
+        check_output_file(args.out, "--out")  # now, not after the whole grid has run
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     rows = run_benchmark(args.data_dir, widths=args.widths, depth=args.depth, batches=args.batches,
                          sparsities=args.sparsities, repeats=args.repeats, threads=args.threads,
@@ -354,43 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an EoC-initialised sparse MLP or CNN")
     p.add_argument("--config", help="a run's config.json to rerun; explicit options override it")
-    _add_eoc_options(p, defaults=False)
-    p.add_argument("--preset", help="named settings to start from (mlp-mnist-cpu, cnn-mnist-cpu, mlp-paper, "
-                   "cnn-paper); explicit options override them")
-    p.add_argument("--model", choices=["mlp", "cnn"], help="default mlp")
-    p.add_argument("--depth", type=int, help="hidden (MLP) or conv (CNN) layers (default 30)")
-    p.add_argument("--width", type=int, help="units per hidden layer, MLP (default 300)")
-    p.add_argument("--channels", type=int, help="channels per conv layer, CNN (default 32)")
-    p.add_argument("--kernel-size", type=int, help="odd kernel size, CNN (default 3)")
-    p.add_argument("--padding-mode", choices=["zeros", "circular"], help="CNN padding (default zeros)")
-    p.add_argument("--weight-init", choices=["gaussian", "delta_orthogonal"],
-                   help="gaussian (default) or delta_orthogonal (CNN)")
-    p.add_argument("--epochs", type=int, help="default 5")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd (the paper's)")
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    p.add_argument("--readout-lr-scale", type=float,
-                   help="the readout layer's learning rate is lr x this (default 1)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="default 0")
-    p.add_argument("--lr-schedule", choices=["none", "cosine"], help="none (default) or cosine decay to 0")
-    p.add_argument("--label-smoothing", type=float,
-                   help="label smoothing epsilon in [0, 1) of the training loss (default 0)")
-    p.add_argument("--batch-size", type=int, help="default 128")
-    p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument("--val-size", type=int, help="training examples held out for validation (default 0)")
-    p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    p.add_argument("--dataset", choices=["mnist", "cifar10"],
-                   help="mnist: any MNIST-format IDX files (default); cifar10: the python pickle batches")
-    p.add_argument("--data-dir", help="directory with the dataset's files")
+    _add_setting_options(p)
     p.add_argument("--download", action="store_true",
-                   help="with --dataset cifar10: download CIFAR-10 into --data-dir first if missing (needs internet)")
-    p.add_argument("--augment", action="store_const", const=True,
-                   help="random crop and horizontal flip of training images (CNN)")
-    p.add_argument("--log-layer-stats", action="store_const", const=True,
-                   help="per epoch, record each hidden layer's mean weight-gradient norm and pre-activation "
-                        "variance on 256 test inputs (metrics.jsonl; at init: result.json)")
-    p.add_argument("--out", help="run directory to write")
+                   help="download the dataset (MNIST or CIFAR-10) into --data-dir first if missing (needs internet; "
+                        "checksums verified)")
+    p.add_argument("--out", help="run directory to write (a finished or unfinished run there is refused without "
+                                 "--overwrite or --resume)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out, finished or not")
     p.add_argument("--resume", metavar="RUN",
                    help="continue the interrupted run RUN from its checkpoint, with its config.json settings "
                         "(a finished run is only reported); only --device, --threads, --no-progress go with it")
@@ -399,11 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("propagate", help="random EoC networks at init: empirical q^l and sparsity vs theory")
     _add_eoc_options(p, defaults=True)
-    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    p.add_argument("--model", choices=MODELS, default="mlp")
     p.add_argument("--width", type=int, default=300, help="MLP width (default 300)")
     p.add_argument("--channels", type=int, default=64, help="CNN channels (default 64)")
     p.add_argument("--kernel-size", type=int, default=3, help="CNN kernel size (default 3)")
-    p.add_argument("--padding-mode", choices=["zeros", "circular"], default="circular",
+    p.add_argument("--padding-mode", choices=PADDING_MODES, default="circular",
                    help="CNN padding (default circular, as in the mean-field theory)")
     p.add_argument("--image-size", type=int, default=8, help="side of the random CNN input images (default 8)")
     p.add_argument("--depth", type=int, default=100, help="hidden layers (default 100)")
@@ -426,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", nargs="+", action="extend", metavar="SPEC",
                    help="loss-curve cells, [model:]activation[:sparsity[:slope]], e.g. crelu:0.85:0.9 "
                    "(default: the two highest-sparsity cells with the lowest mean accuracy)")
-    p.add_argument("--diverged", choices=["chance", "last", "exclude"], default="chance",
+    p.add_argument("--diverged", choices=DIVERGED_CONVENTIONS, default="chance",
                    help="a diverged run's test accuracy: chance (1/classes, default), last (its last "
                    "completed epoch's, chance if none) or exclude")
     p.set_defaults(func=_report_command)
@@ -437,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory with the dataset's files")
     p.add_argument("--out", required=True, help="sweep directory: DIR/sweep.json and DIR/runs/<name>/")
     p.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
+    p.add_argument("--backend", choices=SWEEP_BACKENDS, default="local",
                    help="local worker processes (default) or Ray tasks (pip install 'sparse-eoc[ray]')")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -462,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto",
                    help="how each layer skips zeros (default auto: chosen per layer by a cost model)")
     p.add_argument("--threads", type=int, default=1, help="engine and torch threads (default 1)")
-    p.add_argument("--backend", choices=["auto", "numba", "numpy"], default="auto",
+    p.add_argument("--backend", choices=ENGINE_BACKENDS, default="auto",
                    help="auto (numba when installed; pip install 'sparse-eoc[fast]'), numba or numpy")
     p.add_argument("--limit", type=int, help="only the first N test examples")
     p.add_argument("--repeats", type=int, default=1, help="timed passes over the data, median (default 1)")
@@ -482,9 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20, help="timed repeats per row, median (default 20)")
     p.add_argument("--threads", type=int, default=1, help="engine and torch threads (default 1)")
     p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto", help="engine strategy (default auto)")
-    p.add_argument("--backend", choices=["auto", "numba", "numpy"], default="auto", help="engine backend")
+    p.add_argument("--backend", choices=ENGINE_BACKENDS, default="auto", help="engine backend")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
-    p.add_argument("--cache", choices=["warm", "cold"], default="warm",
+    p.add_argument("--cache", choices=CACHE_PROTOCOLS, default="warm",
                    help="warm (default): each timed call follows an untimed call of the same method (steady-state "
                         "serving); cold: the caches are flushed before each timed call (weights from memory)")
     p.add_argument("--out", help="also write the rows as JSON to this file")
@@ -494,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse takes a value starting with "-" for an option ("--rho -0.8,0.1"): glue it to --rho.
+    for i in range(len(argv) - 2, -1, -1):
+        value = argv[i + 1]
+        if argv[i] == "--rho" and len(value) > 1 and value[0] == "-" and (value[1].isdigit() or value[1] == "."):
+            argv[i:i + 2] = [f"--rho={value}"]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -501,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # bad input or unreachable data: one clear line, exit code 2
         print(f"sparse-eoc {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line; a run's checkpoint is intact (written atomically)
+        print(f"sparse-eoc {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

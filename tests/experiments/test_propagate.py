@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_eoc.gp import solve_eoc, sparsity_from_tau
+from sparse_eoc.gp import iterate_variance, solve_eoc, sparsity_from_tau
 from sparse_eoc.nn import SparseMLP, init_eoc_, input_weight_variance
 from sparse_eoc.experiments.propagate import propagate
 
@@ -61,3 +61,42 @@ def test_first_layer_variance_is_q_star():
     with torch.no_grad():
         (h, _), = model.hidden_states(x)
     assert abs((h**2).mean().item() - q_star) <= 5 * q_star * np.sqrt(2 / n_units)
+
+
+@pytest.mark.parametrize("name,s", [("relu_tau", 0.85), ("crelu", 0.85)])
+def test_theory_starts_each_given_input_at_its_own_variance(name, s):
+    """Given inputs with mean squares 0.5 and 1.5, the first layer puts them at q^1_i =
+    (q* - sigma_b2) ms_i + sigma_b2 (the batch mean square is 1), and the theory column is
+    the mean of V iterated from each: ReLU_tau's upper input runs off in theory too."""
+    depth, n0 = 40, 64
+    x = torch.randn(2, n0, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x *= torch.sqrt(torch.tensor([[0.5], [1.5]], dtype=torch.float64) / (x**2).mean(dim=1, keepdim=True))
+    result = propagate(name, s, depth=depth, width=50, seeds=1, inputs=x)
+    point = solve_eoc(name, s)
+    q1 = (1.0 - point.sigma_b2) * np.array([0.5, 1.5]) + point.sigma_b2
+    expected = iterate_variance(q1, point, depth - 1).mean(axis=1)  # (depth,)
+    theory = np.array([np.inf if v is None else v for v in result.q_theory])
+    np.testing.assert_allclose(theory, expected, rtol=1e-12)
+    assert theory[0] == pytest.approx(1.0, rel=1e-12)  # the mean starts at q*
+    if name == "relu_tau":
+        assert theory[-1] > 10  # the input above q* diverges: not a finite-width effect
+    else:
+        assert theory[-1] == pytest.approx(1.0, rel=1e-5)  # both converge to the stable q*
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--width", "0"], "width must be an integer >= 1, got width=0"),
+    (["--model", "cnn", "--image-size", "0"], "image_size must be an integer >= 1"),
+    (["--seed", "-1"], "seed must be an integer >= 0, got seed=-1"),
+    (["--seed", str(10**30)], "seed + seeds must be at most 2**63"),
+    (["--depth", "1000000000"], "--depth/--width/--batch-size: a depth-1000000000, width 300 mlp"),
+    (["--model", "cnn", "--batch-size", "1000000000"], "--depth/--channels/--batch-size: a depth-100"),
+])
+def test_propagate_names_the_option_and_refuses_what_cannot_fit(argv, message, capsys):
+    """L4, L5, M4 of the hostile test: internal names (in_features), a negative seed accepted, an
+    overflowing seed, and sizes that ran out of memory."""
+    from sparse_eoc.cli import main
+
+    assert main(["propagate", "--activation", "crelu", "--sparsity", "0.85", "--seeds", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

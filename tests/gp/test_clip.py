@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sparse_eoc.gp import (
+    analyse_clip,
     bifurcation_m,
     check_clip,
     eoc_points_at_fixed_m,
@@ -33,16 +34,18 @@ def test_slope_and_curvature_match_the_eoc_solve(name):
 
 
 def test_curvature_is_not_monotone_in_m():
-    """crelu s = 0.85: q* V''(q*) dips below 0, then rises past the paper's failing run (THEORY.md 4.3)."""
+    """crelu s = 0.85: q* V''(q*) dips below 0, then rises past the paper's failing run (docs/theory.md section 4.3)."""
     m = np.geomspace(0.05, 4, 200)
     slope, curvature = slope_and_curvature_vs_m("crelu", 0.85, 1.0, m)
     assert np.all(np.diff(slope) > 0)
     assert curvature.min() < -0.15 and curvature[-1] > 0.8
     i = int(np.argmin(curvature))
     assert 0 < i < m.size - 1 and np.all(np.diff(curvature[:i]) < 0) and np.all(np.diff(curvature[i:]) > 0)
-    # The paper's two CReLU runs at s = 0.85 (THEORY.md section 4 table).
+    # The paper's two CReLU runs at s = 0.85 (docs/theory.md section 4.7), at the clips as printed.
+    # kappa = A''/P from the closed forms in 30-digit mpmath (as in test_eoc.py's reference table).
+    # gp/clip.py's docstring used to say -0.16 for the working run: it is -0.1441.
     _, (good, bad) = slope_and_curvature_vs_m("crelu", 0.85, 1.0, [0.8095, 1.7395])
-    assert good == pytest.approx(-0.1441, abs=1e-4) and bad == pytest.approx(0.4055, abs=1e-4)
+    assert good == pytest.approx(-0.14410874276, rel=1e-9) and bad == pytest.approx(0.40549453885345, rel=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +159,7 @@ def test_check_clip_other_cases():
 
 
 def test_fixed_absolute_m_with_larger_q_star():
-    """THEORY.md 4.5: a fixed absolute m with a larger q* is a smaller relative clip."""
+    """docs/theory.md section 4.5: a fixed absolute m with a larger q* is a smaller relative clip."""
     q_stars = [1.0, 2.0, 4.0, 8.0]
     points = eoc_points_at_fixed_m("crelu", 0.85, 1.7395, q_stars)
     assert [p.q_star for p in points] == q_stars and all(p.m == 1.7395 for p in points)
@@ -202,3 +205,88 @@ def test_fixed_points_resolves_roots_closer_than_its_grid():
     fps = fixed_points(solve_eoc("crelu", 0.85, m=4.0))
     assert [f.stability for f in fps] == ["stable", "unstable", "stable"]
     assert fps[1].q == pytest.approx(1.000082, abs=1e-6)
+
+
+def test_bifurcation_m_and_recommended_m_against_high_precision():
+    """crelu s = 0.85 at q* = 1. m_b: mpmath.findroot (30 digits) of the saddle-node conditions
+    V(q2) = q2, V'(q2) = 1 (unknowns m, q2 = 1.8517) with the closed forms on the EoC; the scan's
+    Brent refinement is documented to about 1e-9. The recommended m: mpmath.findroot of
+    kappa(m) = 0.25, where V'(q*) = 0.83623524822399."""
+    assert bifurcation_m("crelu", 0.85) == pytest.approx(1.8386317906859, rel=1e-9)
+    r = recommend_clip("crelu", 0.85)
+    assert r.m == pytest.approx(1.5071889908055, rel=1e-9) and r.slope == pytest.approx(0.83623524822399, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name,s,kw",
+    [("crelu", 0.85, {"slope": 0.7}), ("crelu", 0.85, {"m": 1.7395}), ("cst", 0.85, {"slope": 0.9}),
+     ("relu_tau", 0.85, {}), ("relu", None, {}), ("crelu", 0.5, {"m": 2.0})],
+)
+def test_analyse_clip_is_check_clip_recommend_clip_and_fixed_points_at_once(name, s, kw):
+    point = solve_eoc(name, s, **kw)
+    a = analyse_clip(point)
+    assert a.point is point
+    assert [f.q for f in a.fixed_points] == [f.q for f in fixed_points(point)]
+    assert list(a.warnings) == check_clip(point) == check_clip(point.activation, point.sparsity, 1.0, point.m)
+    if name.startswith("c"):
+        rec = recommend_clip(point)
+        assert a.recommendation == rec == recommend_clip(point.activation, point.sparsity, 1.0)
+        assert a.bifurcation_m == rec.bifurcation_m and a.bifurcation_search_max_m == 8.0
+    else:
+        assert a.recommendation is None and a.bifurcation_m is None and a.bifurcation_search_max_m is None
+    out = a.to_dict()
+    assert set(out) == set(point.to_dict()) | {
+        "fixed_points", "bifurcation_m", "bifurcation_search_max_m", "recommended_m", "recommendation", "warnings"}
+
+
+def test_analyse_clip_scans_the_bifurcation_once(monkeypatch):
+    """sparse-eoc eoc used to scan for m_b three times (itself, recommend_clip and check_clip)."""
+    from sparse_eoc.gp import clip
+
+    calls = []
+    real = clip.bifurcation_m
+    monkeypatch.setattr(clip, "bifurcation_m", lambda *a, **k: calls.append(a) or real(*a, **k))
+    a = analyse_clip(solve_eoc("crelu", 0.85, m=1.7395))
+    assert len(calls) == 1 and a.bifurcation_m == pytest.approx(1.8386317906859, rel=1e-9)
+    assert any("within 10% of the bifurcation" in w for w in a.warnings)
+
+
+def test_analyse_clip_past_a_large_clip_scans_beyond_it():
+    """m = 1e5 (M2): q* and the far stable fixed point are listed, and the warning says so."""
+    a = analyse_clip(solve_eoc("crelu", 0.85, m=1e5))
+    assert [f.stability for f in a.fixed_points] == ["half-stable", "stable"] and a.fixed_points[0].q == 1.0
+    assert a.bifurcation_search_max_m == pytest.approx(1.01e5)
+    assert any("past the bifurcation" in w and "2 fixed points" in w for w in a.warnings)
+    assert not any("within 10%" in w for w in a.warnings)
+
+
+def test_slope_root_find_solves_tau_once(monkeypatch):
+    from sparse_eoc.gp import eoc
+
+    calls = []
+    real = eoc.tau_from_sparsity
+    monkeypatch.setattr(eoc, "tau_from_sparsity", lambda *a, **k: calls.append(a) or real(*a, **k))
+    eoc._m_for_slope("crelu", 0.85, 1.0, 0.7)
+    assert len(calls) == 1
+
+
+def test_one_slope_and_curvature_function():
+    from sparse_eoc.gp import clip, eoc
+
+    assert clip.slope_and_curvature_vs_m is eoc.slope_and_curvature_vs_m
+    assert not hasattr(eoc, "eoc_slope_and_curvature")
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: analyse_clip("crelu"), "point must be an EoCPoint"),
+        (lambda: analyse_clip(solve_eoc("crelu", 0.85), margin=0.0), r"margin must be in \(0, 1\]"),
+        (lambda: check_clip(solve_eoc("crelu", 0.85), 0.85), "either an EoCPoint"),
+        (lambda: recommend_clip(solve_eoc("crelu", 0.85), q_star=2.0), "either an EoCPoint"),
+        (lambda: recommend_clip(solve_eoc("relu_tau", 0.85)), "clipped one"),
+    ],
+)
+def test_clip_analysis_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

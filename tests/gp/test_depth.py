@@ -34,7 +34,7 @@ def test_clipped_variance_converges_to_q_star_from_both_sides(name, q0):
 
 
 def test_relu_tau_creeps_up_from_below():
-    """V'(q*) = 1, V'' > 0: 1 - q^l ~ 2 / (V''(q*) l), a polynomial creep (THEORY.md 4.1)."""
+    """V'(q*) = 1, V'' > 0: 1 - q^l ~ 2 / (V''(q*) l), a polynomial creep (docs/theory.md section 4.1)."""
     p = solve_eoc("relu_tau", 0.85)
     q = iterate_variance(0.9, p, 2000)
     assert np.all(np.diff(q) > 0) and np.all(q < 1)
@@ -51,7 +51,7 @@ def test_relu_tau_diverges_from_above_without_warnings():
     assert int(np.argmax(q > 1e3)) == 63  # measured: the first layer above 1e3
     first_inf = int(np.argmax(np.isinf(q)))
     assert first_inf == 647 and np.all(np.isinf(q[first_inf:]))  # measured: float64 overflow
-    # V(q)/q -> sigma_w2 / 2 for ReLU_tau (THEORY.md 4.1).
+    # V(q)/q -> sigma_w2 / 2 for ReLU_tau (docs/theory.md section 4.1).
     assert q[400] / q[399] == pytest.approx(p.sigma_w2 / 2, rel=1e-3)
 
 

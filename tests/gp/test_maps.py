@@ -123,3 +123,41 @@ def test_bad_parameters_raise_naming_the_argument(kwargs, match):
 def test_nonpositive_q_raises():
     with pytest.raises(ValueError, match="q .* > 0"):
         second_moment([1.0, 0.0], "crelu", 1.0, 1.0)
+
+
+def _one_sided_mp(mp, a, mu, order):
+    """The closed forms of the module docstring (mu = m / sqrt(q), q = 1) in mpmath arithmetic."""
+    a, mu = mp.mpf(a), mp.mpf(mu)
+    b = a + mu
+    pdf = lambda z: mp.exp(-z * z / 2) / mp.sqrt(2 * mp.pi)  # noqa: E731
+    sf = lambda z: mp.erfc(z / mp.sqrt(2)) / 2  # noqa: E731
+    mass = sf(a) - sf(b)
+    return {
+        -1: mass,
+        0: (1 + a * a) * mass - a * pdf(a) + (a - mu) * pdf(b) + mu * mu * sf(b),
+        1: mass - mu * pdf(b),
+        2: (a * pdf(a) - b * pdf(b) + mu * pdf(b) * (1 - b * b)) / 2,
+    }[order]
+
+
+@pytest.mark.parametrize("a", [0.0, 1.0364, 3.09, 6.0])
+def test_one_sided_keeps_precision_for_narrow_clips(a):
+    """For mu (a + mu) << 1 the closed forms subtract nearly equal terms (V'(q*) came out < 0 at
+    m / sqrt(q*) = 1e-8); _one_sided integrates over the window [a, a + mu] there. Checked against
+    the same closed forms in 80-digit mpmath (enough for their cancellation: at most ~40 digits
+    here), from mu = 1e-12 across the switch at mu (a + mu) = 1 (NARROW_CLIP) up to mu = 3."""
+    mp = pytest.importorskip("mpmath")
+    from sparse_eoc.gp.maps import NARROW_CLIP, _one_sided
+
+    switch = (-a + math.sqrt(a * a + 4 * NARROW_CLIP)) / 2  # mu (a + mu) = NARROW_CLIP
+    mus = [*np.geomspace(1e-12, 3.0, 25), switch * (1 - 1e-9), switch * (1 + 1e-9)]
+    with mp.workdps(80):
+        for order in (-1, 0, 1, 2):
+            for mu in mus:
+                value = float(_one_sided(np.asarray(1.0), a, float(mu), order))
+                ref = _one_sided_mp(mp, a, mu, order)
+                if order == 2:  # changes sign inside the window when a < sqrt(3) < a + mu: absolute scale
+                    scale = mp.quad(lambda z: abs((z - a) * z * (z * z - 3)) * mp.npdf(z), [a, a + mu]) / 2
+                    assert abs(value - float(ref)) <= 1e-13 * float(scale), (order, mu)
+                else:
+                    assert value == pytest.approx(float(ref), rel=1e-12), (order, mu)

@@ -1,4 +1,4 @@
-"""The sparse engine equals the dense model (STYLE.md principle 9), for every activation,
+"""The sparse engine equals the dense model (two implementations, one answer), for every activation,
 strategy, batch size and backend; its multiply-add counts are the ones the zeros allow."""
 
 import subprocess

@@ -10,7 +10,7 @@ from torch import nn
 from sparse_eoc.activations import ACTIVATIONS, get_activation
 from sparse_eoc.nn import SparseMLP, init_eoc_
 
-# (tau, m, sigma_w2, sigma_b2) near the EoC for each entry (THEORY.md section 4 table).
+# (tau, m, sigma_w2, sigma_b2) near the EoC for each entry (docs/theory.md section 4.7).
 SETTINGS = {
     "relu_tau": (0.8416, math.inf, 5.0, 0.4698),
     "st_tau": (1.4395, math.inf, 6.8, 0.6582),

@@ -3,9 +3,18 @@
 Draws ``seeds`` EoC-initialised random networks (float64), feeds each the same
 kind of input batch, and records per hidden layer the empirical pre-activation
 variance q^l = mean(h^2) over units (and positions) and examples, and the
-fraction of exact zeros of phi(h). The theory's q^l is the variance map iterated
-from q^1 = q* (constant q* on the EoC: any drift is a finite-width effect, which
-ReLU_tau's half-stable fixed point turns into a blow-up; paper Section 4, THEORY.md 4.1).
+fraction of exact zeros of phi(h). The theory's q^l is the variance map V iterated
+from the first-layer variance of the inputs actually fed (paper Section 4, docs/theory.md
+sections 1.3 and 4.1):
+
+- Gaussian inputs (the default): q^1 = q* for every input in the infinite-width limit
+  (their mean square tends to 1 as the input width grows), so the theory stays at q*
+  on the EoC and any drift of the measured q^l is a finite-width effect;
+- given inputs (e.g. MNIST images): input i has its own q^1_i = sigma_w2_in |x_i|^2 / N_0
+  + sigma_b2, around q* (sigma_w2_in sets their mean to q*). The theory column is the
+  mean over inputs of V^(l-1)(q^1_i), as the measured q^l is a mean over examples. Inputs
+  above q* run off ReLU_tau's half-stable fixed point in the theory itself, so the
+  unclipped networks blow up in theory too, not only at finite width.
 
 For the CNN this is exact for stationary inputs (the default: i.i.d. Gaussian images with
 circular padding, where every position's variance follows the DNN map V). Real images
@@ -24,10 +33,11 @@ import torch
 
 from sparse_eoc.checks import check_int
 from sparse_eoc.gp import iterate_variance, solve_eoc
-from sparse_eoc.nn.cnn import SparseCNN
+from sparse_eoc.nn.build import build_model, check_fits, init_from_point_
 from sparse_eoc.nn.device import resolve_device
-from sparse_eoc.nn.init import init_eoc_, input_weight_variance
-from sparse_eoc.nn.mlp import SparseMLP
+from sparse_eoc.nn.init import input_weight_variance
+from sparse_eoc.runs.config import MODELS
+from sparse_eoc.runs.network import NetworkSpec
 
 __all__ = ["Propagation", "propagate", "BLOW_UP"]
 
@@ -44,7 +54,9 @@ class Propagation:
         q_median, q_p10, q_p90: median and 10/90 % quantiles over seeds of the
             empirical q^l; None where a value overflowed (inf or nan in float64).
         sparsity: mean over seeds of the fraction of exact zeros of phi(h^l).
-        q_theory: the infinite-width q^l from q^1 = q* (None past overflow).
+        q_theory: the infinite-width q^l: from q^1 = q* for Gaussian inputs, else the mean
+            over the given inputs of V iterated from each one's q^1_i (module docstring);
+            None past overflow.
         blown_up_at_layer: the first layer whose median passed 1e30 or
             overflowed; None if never.
     """
@@ -106,30 +118,38 @@ def propagate(
     Raises:
         ValueError: an unknown model, non-positive sizes, or bad EoC inputs.
     """
-    if model not in ("mlp", "cnn"):
-        raise ValueError(f"model must be mlp or cnn, got model={model!r}")
-    for name, value in (("depth", depth), ("seeds", seeds), ("batch_size", batch_size)):
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got model={model!r}")
+    for name, value in (("depth", depth), ("seeds", seeds), ("batch_size", batch_size), ("width", width),
+                        ("channels", channels), ("kernel_size", kernel_size), ("image_size", image_size)):
         check_int(name, value)
+    check_int("seed", seed, minimum=0)
+    if seed + seeds > 2**63:
+        raise ValueError(f"seed + seeds must be at most 2**63 (torch seeds), got seed={seed!r}, seeds={seeds!r}")
     point = solve_eoc(activation, sparsity, q_star, m=m, slope=slope)
     device = resolve_device(device) if isinstance(device, str) else device
+    if inputs is not None:
+        batch_size = len(inputs)
+    image_shape = ((1, width) if model == "mlp" else (3, image_size, image_size)) if inputs is None else (
+        (1, inputs[0].numel()) if model == "mlp" else tuple(inputs.shape[1:]))
+    spec = NetworkSpec(kind=model, image_shape=image_shape, num_classes=10, depth=depth, activation=point.activation,
+                       tau=point.tau, m=point.m, width=width if model == "mlp" else None,
+                       channels=channels if model == "cnn" else None,
+                       kernel_size=kernel_size if model == "cnn" else None,
+                       padding_mode=padding_mode if model == "cnn" else None)
+    check_fits(spec, device, batch_size=batch_size, training=False, bytes_per_value=8,
+               option="--depth/--width/--batch-size" if model == "mlp" else "--depth/--channels/--batch-size")
     q = np.full((seeds, depth), np.nan)  # (seeds, L)
     zeros = np.full((seeds, depth), np.nan)  # (seeds, L)
     for s in range(seeds):
         gen = torch.Generator().manual_seed(seed + s)
         x = inputs
         if x is None:
-            shape = (batch_size, width) if model == "mlp" else (batch_size, 3, image_size, image_size)
-            x = torch.randn(shape, generator=gen, dtype=torch.float64)
+            x = torch.randn((batch_size, *image_shape[1:]) if model == "mlp" else (batch_size, *image_shape),
+                            generator=gen, dtype=torch.float64)  # (B, width) or (B, 3, H, W)
         x = x.to(torch.float64)
-        if model == "mlp":
-            net = SparseMLP(x[0].numel(), 10, depth, width, point.activation, point.tau, point.m)
-        else:
-            net = SparseCNN(x.shape[1], 10, depth, channels, point.activation, point.tau, point.m,
-                            kernel_size=kernel_size, padding_mode=padding_mode)
-        net = net.double()
-        mean_square = float((x**2).mean())
-        init_eoc_(net, point.sigma_w2, point.sigma_b2,
-                      input_sigma_w2=input_weight_variance(q_star, point.sigma_b2, mean_square), generator=gen)
+        net = build_model(spec).double()
+        init_from_point_(net, point, mean_square_input=float((x**2).mean()), generator=gen)
         net.to(device)
         with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"):
             for l, (h, a) in enumerate(net.hidden_states(x.to(device))):
@@ -142,7 +162,7 @@ def propagate(
         q_inf = np.where(np.isfinite(q), q, np.inf)  # nan (inf - inf) counts as overflowed
         median, p10, p90 = (np.quantile(q_inf, p, axis=0) for p in (0.5, 0.1, 0.9))
     blown = np.nonzero(~(median <= BLOW_UP))[0]
-    theory = iterate_variance(q_star, point, depth - 1)  # q^1 .. q^L
+    theory = _theory(point, q_star, depth, inputs)
     return Propagation(
         layer=list(range(1, depth + 1)),
         q_median=_finite_or_none(median),
@@ -152,6 +172,22 @@ def propagate(
         q_theory=_finite_or_none(np.asarray(theory, dtype=float)),
         blown_up_at_layer=int(blown[0]) + 1 if blown.size else None,
     )
+
+
+def _theory(point, q_star: float, depth: int, inputs: torch.Tensor | None) -> np.ndarray:
+    """The infinite-width q^1..q^L, shape (L,): from q* for Gaussian inputs, else the mean over
+    the inputs of V iterated from each one's first-layer variance (module docstring)."""
+    if inputs is None:
+        return np.asarray(iterate_variance(q_star, point, depth - 1), dtype=float)  # (L,)
+    x = inputs.detach().to("cpu", torch.float64)
+    per_input = (x**2).flatten(1).mean(dim=1).numpy()  # (B,): |x_i|^2 / N_0
+    mean_square = float((x**2).mean())  # what init_eoc_'s input_weight_variance is given
+    q1 = input_weight_variance(q_star, point.sigma_b2, mean_square) * per_input + point.sigma_b2  # (B,)
+    q = np.zeros((depth, q1.size))  # (L, B); an all-zero input with sigma_b2 = 0 stays at 0
+    live = q1 > 0
+    if np.any(live):
+        q[:, live] = iterate_variance(q1[live], point, depth - 1)
+    return q.mean(axis=1)
 
 
 def _masked_mean(zeros: np.ndarray, q: np.ndarray) -> np.ndarray:

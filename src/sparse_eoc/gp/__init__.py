@@ -1,7 +1,9 @@
 """Infinite-width Gaussian-process theory of sparse activations (NumPy/SciPy only, no torch)."""
 
 from sparse_eoc.gp.clip import (
+    ClipAnalysis,
     ClipRecommendation,
+    analyse_clip,
     bifurcation_m,
     check_clip,
     eoc_points_at_fixed_m,
@@ -40,6 +42,7 @@ from sparse_eoc.gp.maps import (
 )
 
 __all__ = [
+    "ClipAnalysis",
     "ClipRecommendation",
     "DEFAULT_SLOPE",
     "EoCPoint",
@@ -47,6 +50,7 @@ __all__ = [
     "GPParams",
     "NoEoCPointError",
     "RELU_SPARSITY",
+    "analyse_clip",
     "bifurcation_m",
     "check_clip",
     "chi1",

@@ -1,4 +1,4 @@
-"""The spatial covariance map of an infinite-channel CNN (Xiao et al. 2018; THEORY.md section 1).
+"""The spatial covariance map of an infinite-channel CNN (Xiao et al. 2018; docs/theory.md section 1.4).
 
 A conv layer with k x k kernels, stride 1 and circular padding on an H x W grid,
 weights N(0, sigma_w2 / (C k^2)) and biases N(0, sigma_b2), maps the covariance

@@ -2,7 +2,7 @@
 
 For a centred Gaussian pair (u, v) with variances q1, q2 and covariance c12, write
 u = sqrt(q1) z and v = beta z + sd Z with z, Z ~ N(0, 1) independent,
-beta = c12 / sqrt(q1) and sd = sqrt(q2 - c12^2 / q1). Then (THEORY.md section 3)::
+beta = c12 / sqrt(q1) and sd = sqrt(q2 - c12^2 / q1). Then (docs/theory.md section 3.4)::
 
     E[phi(u) phi(v)]   = ∫ varphi(z) phi(sqrt(q1) z)  M(beta z, sd) dz,   M(mu, sd) = E[phi(mu + sd Z)]
     E[phi'(u) phi'(v)] = ∫ varphi(z) phi'(sqrt(q1) z) D(beta z, sd) dz,   D(mu, sd) = E[phi'(mu + sd Z)]
@@ -13,7 +13,7 @@ forms: with G(d, sd) = d Phi(d/sd) + sd varphi(d/sd),
 M(mu, sd) = sum_j c_j G(s_j mu - a_j, sd) and D(mu, sd) = sum_j c_j s_j Phi((s_j mu - a_j)/sd).
 
 The outer integral is done by fixed-order Gauss-Legendre on pieces split at every
-kink (STYLE.md principle 3), vectorised over arrays of (q1, q2, c12). M is smooth
+kink (one rule across a threshold converges slowly), vectorised over (q1, q2, c12). M is smooth
 but bends sharply within ~sd/|beta| of the points z_j where s_j beta z = a_j, which
 for |rho| -> 1 is a near-kink no fixed rule resolves. So M is split as
 M(mu, sd) = phi(mu) + sum_j c_j sd g((s_j mu - a_j)/sd), g(t) = varphi(t) - |t| Phi(-|t|)
@@ -24,7 +24,7 @@ z_j. At |rho| = 1 (sd = 0) the corrections vanish and M(mu, 0) = phi(mu) exactly
 Accuracy: about 1e-13 absolute for q ~ 1 (checked against adaptive quadrature,
 Monte Carlo, and the arc-cosine kernel of plain ReLU in tests/gp/test_correlation.py).
 
-The correlation map at a fixed point q* of V (THEORY.md section 1)::
+The correlation map at a fixed point q* of V (docs/theory.md section 1.2)::
 
     R(rho)  = (sigma_w2 E[phi(u1) phi(u2)] + sigma_b2) / q*,   u1, u2 ~ N(0, q*), corr rho
     R'(rho) = sigma_w2 E[phi'(u1) phi'(u2)]                    (Price's theorem)
@@ -42,7 +42,7 @@ from scipy.stats import norm
 
 from sparse_eoc.activations import get_activation
 from sparse_eoc.gp.gaussian import kinks
-from sparse_eoc.gp.maps import GPParams
+from sparse_eoc.gp.maps import GPParams, _check_q_star
 
 __all__ = [
     "expected_product",
@@ -160,7 +160,7 @@ def _product(q1, q2, c12, activation: str, tau: float, m: float, derivative: boo
 def expected_product(q1, q2, c12, activation: str, tau: float, m: float = math.inf) -> np.ndarray:
     """E[phi(u) phi(v)] for (u, v) centred Gaussian with Var u = q1, Var v = q2, Cov = c12.
 
-    The kernel of one layer of an infinite-width network (THEORY.md sections 1 and 3);
+    The kernel of one layer of an infinite-width network (docs/theory.md sections 1.2 and 3.4);
     exact 1-D integral by piecewise Gauss-Legendre, see the module docstring.
 
     Args:
@@ -244,10 +244,7 @@ def _resolve_q_star(params: GPParams, q_star) -> float:
         q_star = getattr(params, "q_star", None)
         if q_star is None:
             raise ValueError("q_star is required unless params is an EoCPoint (which carries its q_star)")
-    q_star = float(q_star)
-    if not (math.isfinite(q_star) and q_star > 0):
-        raise ValueError(f"q_star must be finite and > 0, got q_star={q_star!r}")
-    return q_star
+    return _check_q_star(q_star)
 
 
 def _check_rho(rho) -> np.ndarray:
@@ -260,7 +257,7 @@ def _check_rho(rho) -> np.ndarray:
 def correlation_map(rho, params: GPParams, q_star: float | None = None) -> np.ndarray:
     """R(rho) = (sigma_w2 E[phi(u1) phi(u2)] + sigma_b2) / q*: the correlation of layer l from layer l-1.
 
-    Paper Section 2, THEORY.md sections 1 and 3; u1, u2 ~ N(0, q*) with correlation rho.
+    Paper Section 2, docs/theory.md sections 1.2 and 3.4; u1, u2 ~ N(0, q*) with correlation rho.
 
     Args:
         rho: correlation of two inputs' pre-activations at layer l-1, in [-1, 1]; any shape.
@@ -281,7 +278,7 @@ def correlation_map(rho, params: GPParams, q_star: float | None = None) -> np.nd
 
 
 def correlation_map_derivative(rho, params: GPParams, q_star: float | None = None) -> np.ndarray:
-    """R'(rho) = sigma_w2 E[phi'(u1) phi'(u2)] >= 0; R'(1) = chi1(q*) (THEORY.md section 1).
+    """R'(rho) = sigma_w2 E[phi'(u1) phi'(u2)] >= 0; R'(1) = chi1(q*) (docs/theory.md section 1.2).
 
     Same arguments, shapes and errors as :func:`correlation_map`.
     """

@@ -2,7 +2,7 @@
 
 Depth counts layer maps: ``q[l]`` is the pre-activation variance after l
 applications of V, so ``q[0] = q0`` is the input variance and a network with L
-hidden layers is described by ``q[0..L]`` (THEORY.md section 1). Likewise
+hidden layers is described by ``q[0..L]`` (docs/theory.md section 1.3). Likewise
 ``rho[l]`` is the correlation between the pre-activations of two inputs after l
 applications of R, both inputs sitting at the fixed point q*.
 
@@ -31,7 +31,7 @@ def _check_depth(depth, name: str = "depth") -> int:
 
 
 def iterate_variance(q0, params: GPParams, depth: int) -> np.ndarray:
-    """q[l] = V(q[l-1]) for l = 1..depth, from q[0] = q0 (THEORY.md sections 1 and 4).
+    """q[l] = V(q[l-1]) for l = 1..depth, from q[0] = q0 (docs/theory.md sections 1.3 and 4).
 
     Args:
         q0: the input pre-activation variance, finite and > 0; scalar or array of any shape.
@@ -40,7 +40,7 @@ def iterate_variance(q0, params: GPParams, depth: int) -> np.ndarray:
 
     Returns:
         An array of shape ``(depth + 1, *np.shape(q0))``: ``q[0] = q0``, ..., ``q[depth]``.
-        A trajectory that overflows float64 (e.g. ReLU_tau above q*, THEORY.md 4.1) is
+        A trajectory that overflows float64 (e.g. ReLU_tau above q*, docs/theory.md section 4.1) is
         ``inf`` from the first overflowing layer on; nothing is raised or warned.
 
     Raises:

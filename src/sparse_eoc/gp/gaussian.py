@@ -3,7 +3,7 @@
 The closed forms in :mod:`sparse_eoc.gp.maps` are the fast path; this module is
 the independent reference they are checked against, and the tool for integrals
 with no closed form. Plain Gauss-Hermite is wrong across a threshold, so every
-integral here is split at the kinks (THEORY.md section 3, STYLE.md principle 3).
+integral here is split at the kinks (docs/theory.md section 3.4).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Closed-form variance maps of the infinite-width network (NumPy/SciPy, float64).
 
-For z ~ N(0, 1) and a pre-activation variance q > 0 (paper Section 2, THEORY.md
-section 3)::
+For z ~ N(0, 1) and a pre-activation variance q > 0 (paper Section 2, docs/theory.md
+sections 3.1-3.2)::
 
     V(q)     = sigma_w2 E[phi(sqrt(q) z)^2] + sigma_b2        variance map
     chi1(q)  = sigma_w2 E[phi'(sqrt(q) z)^2]                  gradient gain
@@ -42,6 +42,28 @@ __all__ = [
 ]
 
 
+#: The accepted fixed points q* (solve_eoc, the correlation map): float64 keeps V, its
+#: derivatives and the fixed-point search (which spans many decades around q* and squares
+#: the clip) far from overflow and underflow there. The maps are scale-free, so q* = 1
+#: loses nothing: (q*, tau, m) -> (c q*, sqrt(c) tau, sqrt(c) m) gives the same V / q*.
+Q_STAR_RANGE = (1e-100, 1e100)
+
+
+def _check_q_star(q_star: float) -> float:
+    """q_star as a float; ValueError unless it is finite and in ``Q_STAR_RANGE``."""
+    q_star = float(q_star)
+    lo, hi = Q_STAR_RANGE
+    if not (math.isfinite(q_star) and q_star > 0):
+        raise ValueError(f"q_star must be finite and > 0, in [{lo:g}, {hi:g}], got q_star={q_star!r}")
+    if not lo <= q_star <= hi:
+        raise ValueError(
+            f"q_star must be finite and > 0, in [{lo:g}, {hi:g}] (the range where the float64 maps and "
+            f"the fixed-point search are accurate; the theory is scale-free, so rescale to q_star = 1), "
+            f"got q_star={q_star!r}"
+        )
+    return q_star
+
+
 def _check_q(q) -> np.ndarray:
     q = np.asarray(q, dtype=float)
     if not np.all(np.isfinite(q) & (q > 0)):
@@ -49,40 +71,87 @@ def _check_q(q) -> np.ndarray:
     return q
 
 
+#: Gauss-Legendre nodes and weights on [0, 1] for :func:`_narrow_clip`.
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
+_GL_NODES, _GL_WEIGHTS = (_GL_X + 1) / 2, _GL_W / 2
+#: Below this mu (a + mu), with mu = m / sqrt(q) and a = tau / sqrt(q), :func:`_one_sided`
+#: integrates over the clip window instead of subtracting the closed forms' nearly equal terms.
+NARROW_CLIP = 1.0
+
+
+def _narrow_clip(a: np.ndarray, mu: np.ndarray, order: int) -> np.ndarray:
+    """The clip-window integrals of :func:`_one_sided`, without cancellation; 1-D a, mu.
+
+    With b = a + mu and phi the standard normal density, integrating the closed forms by
+    parts gives integrals over the window [a, b] only::
+
+        P = int phi,  A' = int (z - a) z phi,  2q A'' = int (z - a) z (z^2 - 3) phi,
+        A / q - mu^2 Q(b) = int (z - a)^2 phi        (Q = 1 - Phi)
+
+    With z = a + t, phi(z) = phi(a) exp(-a t - t^2 / 2). For mu (a + mu) <= 1 every
+    integrand is a smooth function of t / mu in [0, 1] that varies by at most a factor
+    e^{1.5}, so 16-point Gauss-Legendre is exact to round-off. ``order`` as in
+    :func:`_one_sided`; returns the integral selected (P, A / q - mu^2 Q(b), A', 2q A'').
+    """
+    t = mu[:, None] * _GL_NODES  # (n, 16)
+    z = a[:, None] + t
+    w = np.exp(-a[:, None] * t - 0.5 * t * t) * (_GL_WEIGHTS * (mu * norm.pdf(a))[:, None])  # (n, 16)
+    poly = {-1: 1.0, 0: t * t, 1: t * z, 2: t * z * (z * z - 3.0)}[order]
+    return (w * poly).sum(axis=-1)
+
+
 def _one_sided(q: np.ndarray, tau: float, m: float, order: int) -> np.ndarray:
     """The one-sided Gaussian integrals of CReLU_{tau,m} at variance q.
 
     ``order`` selects: 0 -> A(q), 1 -> A'(q), 2 -> A''(q), -1 -> P(q).
     ``m = inf`` gives ReLU_tau (every term in b vanishes).
+
+    With mu = m / sqrt(q), the closed forms (module docstring) subtract terms that agree
+    to about -log10(mu (a + mu)) digits when the clip window [a, b] is narrow; there
+    (mu (a + mu) <= ``NARROW_CLIP``) the same quantities come from :func:`_narrow_clip`,
+    which has no cancellation. V'(q*) = A'/P thus keeps full relative precision at any
+    m / sqrt(q*) (the closed forms gave V'(q*) < 0 at m / sqrt(q*) = 1e-8).
     """
+    if order not in (-1, 0, 1, 2):
+        raise AssertionError(f"unknown order {order}")
+    q = np.asarray(q, dtype=float)
     sq = np.sqrt(q)
     a = tau / sq
     pa = norm.pdf(a)
     if math.isinf(m):
         mass = norm.sf(a)  # Phi(b) - Phi(a) with b = inf
-        clip_terms = (0.0, 0.0, 0.0)
-    else:
-        b = (tau + m) / sq
-        pb = norm.pdf(b)
-        mass = norm.sf(a) - norm.sf(b)  # sf keeps precision for large a
-        clip_terms = (
-            (tau - m) * sq * pb + m * m * norm.sf(b),
-            -(m / sq) * pb,
-            -b * pb / (2 * q) + m * pb * (1 - b * b) / (2 * q * sq),
-        )
+        if order in (-1, 1):
+            return mass
+        return (q + tau * tau) * mass - tau * sq * pa if order == 0 else a * pa / (2 * q)
+    mu = m / sq
+    b = a + mu
+    pb = norm.pdf(b)
+    sfb = norm.sf(b)
+    mass = norm.sf(a) - sfb  # sf keeps precision for large a
     if order == -1:
-        return mass
-    if order == 0:
-        return (q + tau * tau) * mass - tau * sq * pa + clip_terms[0]
-    if order == 1:
-        return mass + clip_terms[1]
-    if order == 2:
-        return a * pa / (2 * q) + clip_terms[2]
-    raise AssertionError(f"unknown order {order}")
+        value = mass
+    elif order == 0:
+        value = (q + tau * tau) * mass - tau * sq * pa + (tau - m) * sq * pb + m * m * sfb
+    elif order == 1:
+        value = mass - mu * pb
+    else:
+        value = (a * pa - b * pb + mu * pb * (1 - b * b)) / (2 * q)
+    narrow = mu * b <= NARROW_CLIP
+    if np.any(narrow):
+        value = np.array(value, dtype=float)  # a writable copy of the shape of q
+        integral = _narrow_clip(a[narrow], mu[narrow], order)
+        qn = q[narrow]
+        value[narrow] = {
+            -1: integral,
+            0: qn * (integral + mu[narrow] ** 2 * sfb[narrow]),
+            1: integral,
+            2: integral / (2 * qn),
+        }[order]
+    return value
 
 
 def second_moment(q, activation: str, tau: float, m: float = math.inf) -> np.ndarray:
-    """E[phi(sqrt(q) z)^2] for z ~ N(0, 1), in closed form (THEORY.md section 3).
+    """E[phi(sqrt(q) z)^2] for z ~ N(0, 1), in closed form (docs/theory.md section 3.1).
 
     Args:
         q: pre-activation variance per unit, > 0; scalar or array of any shape.
@@ -152,7 +221,7 @@ class GPParams:
 
 
 def variance_map(q, params: GPParams) -> np.ndarray:
-    """V(q) = sigma_w2 E[phi(sqrt(q) z)^2] + sigma_b2 (paper eq. (2), THEORY.md section 1).
+    """V(q) = sigma_w2 E[phi(sqrt(q) z)^2] + sigma_b2 (paper eq. (2), docs/theory.md section 1.2).
 
     Args:
         q: pre-activation variance of layer l-1, > 0, any shape.
@@ -176,7 +245,7 @@ def variance_map_derivative(q, params: GPParams) -> np.ndarray:
 
 
 def variance_map_second_derivative(q, params: GPParams) -> np.ndarray:
-    """V''(q) = k sigma_w2 A''(q); > 0 for ReLU_tau/ST_tau with tau > 0 (THEORY.md 4.1).
+    """V''(q) = k sigma_w2 A''(q); > 0 for ReLU_tau/ST_tau with tau > 0 (docs/theory.md section 4.1).
 
     Same arguments, shapes and errors as :func:`variance_map`.
     """

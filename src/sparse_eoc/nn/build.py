@@ -72,22 +72,25 @@ def device_memory_bytes(device: torch.device) -> int | None:
     return physical_memory_bytes()
 
 
-def check_fits(spec: NetworkSpec, device: torch.device, *, batch_size: int, option: str = "--depth/--width") -> None:
-    """Refuse, before anything is built, a network whose training step cannot fit in ``device``'s memory.
+def check_fits(spec: NetworkSpec, device: torch.device, *, batch_size: int, option: str = "--depth/--width",
+               training: bool = True, bytes_per_value: int = 4) -> None:
+    """Refuse, before anything is built, a network that cannot fit in ``device``'s memory.
 
-    The estimate is a lower bound (:meth:`NetworkSpec.training_bytes`), so only what
-    cannot fit is refused; the paper's sizes (depth 100 x width 300; depth 50 x 300
-    channels on 32 x 32 images, batch 128) pass on a 24 GiB machine.
+    The estimate is a lower bound (:meth:`NetworkSpec.memory_bytes` of a training step, or of
+    a forward pass with ``training=False``), so only what cannot fit is refused; the paper's
+    sizes (depth 100 x width 300; depth 50 x 300 channels on 32 x 32 images, batch 128) pass
+    on a 24 GiB machine.
 
     Raises:
         ValueError: naming ``option`` (the sizes to lower), the estimate and the memory.
     """
-    need = spec.training_bytes(batch_size)
+    need = spec.memory_bytes(batch_size, training=training, bytes_per_value=bytes_per_value)
     have = device_memory_bytes(device)
     if have is not None and need > have:
         size = f"width {spec.width}" if spec.kind == "mlp" else f"{spec.channels} channels"
         raise ValueError(f"{option}: a depth-{spec.depth}, {size} {spec.kind} at batch {batch_size} needs at least "
-                         f"{need / 2**30:.3g} GiB to train, more than the {have / 2**30:.3g} GiB of {device}")
+                         f"{need / 2**30:.3g} GiB to {'train' if training else 'run'}, more than the "
+                         f"{have / 2**30:.3g} GiB of {device}")
 
 
 def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[SparseMLP | SparseCNN, dict[str, Any]]:

@@ -92,11 +92,15 @@ class NetworkSpec:
             return self.depth * self.width
         return self.depth * self.channels * math.prod(self.image_shape[1:])
 
-    def training_bytes(self, batch_size: int, *, bytes_per_value: int = 4) -> int:
-        """A lower estimate of the memory a training step needs: the parameters four times
-        (weights, gradients, two optimiser moments) and the hidden outputs of a batch twice
-        (the values autograd saves, and their gradients)."""
-        return bytes_per_value * (4 * self.n_parameters() + 2 * batch_size * self.hidden_values_per_example())
+    def memory_bytes(self, batch_size: int, *, training: bool = True, bytes_per_value: int = 4) -> int:
+        """A lower estimate of the memory a batch needs. Training: the parameters four times
+        (weights, gradients, two optimiser moments) and the hidden outputs of the batch twice
+        (the values autograd saves, and their gradients); a forward pass: the parameters once
+        and two layers' outputs."""
+        hidden = batch_size * self.hidden_values_per_example()
+        if training:
+            return bytes_per_value * (4 * self.n_parameters() + 2 * hidden)
+        return bytes_per_value * (self.n_parameters() + 2 * hidden // self.depth)
 
     @classmethod
     def from_config(cls, config: TrainConfig, point, image_shape, num_classes: int) -> "NetworkSpec":

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from sparse_eoc import __version__
 from sparse_eoc.data import ImageDataset, load_image_dataset
-from sparse_eoc.gp import EoCPoint, check_clip, fixed_points, solve_eoc
+from sparse_eoc.gp import ClipAnalysis, EoCPoint, analyse_clip, solve_eoc
 from sparse_eoc.jsonio import append_jsonl, json_line, to_json_safe, write_atomic, write_json, write_text_atomic
 from sparse_eoc.nn.build import build_model, check_fits, init_from_point_, load_run
 from sparse_eoc.nn.device import resolve_device
@@ -80,7 +80,7 @@ class Resolved:
     spec: NetworkSpec
     input_sigma_w2: float
     device: torch.device
-    warnings: list[str]
+    clip: ClipAnalysis  # the fixed points and the warnings (computed once)
 
     def record(self) -> dict[str, Any]:
         """What ``config.json`` holds: the settings, then the resolved sections."""
@@ -89,7 +89,7 @@ class Resolved:
             **self.config.to_dict(),
             "eoc": {
                 **self.point.to_dict(),
-                "fixed_points": [{"q": f.q, "stability": f.stability} for f in fixed_points(self.point)],
+                "fixed_points": [{"q": f.q, "stability": f.stability} for f in self.clip.fixed_points],
                 "input_sigma_w2": self.input_sigma_w2,
             },
             "network": self.spec.to_dict(),
@@ -116,7 +116,7 @@ def resolve(config: TrainConfig) -> Resolved:
         raise ValueError(f"--data-dir is required: the directory with the {config.dataset} files")
     device = resolve_device(config.device)
     point = solve_eoc(config.activation, config.sparsity, config.q_star, m=config.m, slope=config.slope)
-    warnings = check_clip(point.activation, point.sparsity, point.q_star, point.m)
+    clip = analyse_clip(point)
     data = load_image_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed)
     spec = NetworkSpec.from_config(config, point, data.image_shape, data.num_classes)
     if config.model == "cnn" and config.kernel_size > min(data.image_shape[1:]):
@@ -125,7 +125,7 @@ def resolve(config: TrainConfig) -> Resolved:
     check_fits(spec, device, batch_size=config.batch_size,
                option="--depth/--width" if config.model == "mlp" else "--depth/--channels")
     input_sigma_w2 = input_weight_variance(config.q_star, point.sigma_b2, data.mean_square_input)
-    return Resolved(config, point, data, spec, input_sigma_w2, device, warnings)
+    return Resolved(config, point, data, spec, input_sigma_w2, device, clip)
 
 
 class RunFiles:
@@ -239,7 +239,7 @@ def train(
         elif not overwrite:
             _refuse_existing_run(out)
         run = resolve(config)
-        for warning in run.warnings:
+        for warning in run.clip.warnings:
             log(f"warning: {warning}")
         if checkpoint is None:
             files.clear()  # a fresh run: another run's state must not be resumed nor its weights kept
