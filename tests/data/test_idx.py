@@ -204,6 +204,13 @@ def test_images_must_be_3d(tmp_path):
     assert str(images) in str(info.value)
 
 
+def test_a_data_dir_that_is_a_file_says_so(tmp_path):
+    """L4 of the hostile test: a file given as --data-dir was called a directory "which does not exist"."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataFileError, match=r"afile: is a file, not a directory"):
+        load_mnist(tmp_path / "afile")
+
+
 def test_missing_dataset_file_names_dir_and_both_names(tmp_path):
     write_dataset(tmp_path)
     (tmp_path / (MNIST_FILES["test_labels"] + ".gz")).unlink()

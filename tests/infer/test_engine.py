@@ -12,7 +12,8 @@ from sparse_eoc.activations import ACTIVATIONS, get_activation
 from sparse_eoc.gp import solve_eoc
 from sparse_eoc.infer import STRATEGIES, STRATEGY_CHOICES, SparseEngine, near_kink, numba_available
 from sparse_eoc.infer.plan import GATHER as GATHER_CODE
-from sparse_eoc.nn import SparseCNN, SparseMLP, init_eoc_, input_weight_variance
+from sparse_eoc.nn import SparseCNN, SparseMLP
+from sparse_eoc.nn.build import init_from_point_
 
 BACKENDS = ["numpy", "numba"] if numba_available() else ["numpy"]
 BACKGROUND = np.float32(-0.4242)  # the "zero pixel" of the synthetic images below
@@ -36,8 +37,8 @@ def eoc_mlp(activation: str, *, sparsity: float = 0.8, depth: int = 4, width: in
     clipped = get_activation(activation).clipped
     p = solve_eoc(activation, sparsity, slope=0.7 if clipped else None)
     model = SparseMLP(784, 10, depth, width, activation, p.tau, p.m).eval()
-    return init_eoc_(model, p.sigma_w2, p.sigma_b2, generator=torch.Generator().manual_seed(seed),
-                     input_sigma_w2=input_weight_variance(p.q_star, p.sigma_b2, MEAN_SQUARE_INPUT))
+    init_from_point_(model, p, mean_square_input=MEAN_SQUARE_INPUT, generator=torch.Generator().manual_seed(seed))
+    return model
 
 
 def dense_logits(model, x: np.ndarray) -> np.ndarray:

@@ -44,10 +44,7 @@ def test_a_finished_run_is_refused_without_overwrite(tmp_path, mnist_subset_dir)
 def test_an_unfinished_run_is_refused_without_resume(tmp_path, mnist_subset_dir, monkeypatch):
     """H3(a): an unfinished run given the same command without --resume lost its checkpoint."""
     run = tmp_path / "run"
-    with monkeypatch.context() as m:
-        m.setattr(run_module, "save_checkpoint", _kill_after(run_module.save_checkpoint))
-        with pytest.raises(Killed):
-            train(config(mnist_subset_dir, epochs=2), run, progress=False)
+    interrupt_after_epoch_1(config(mnist_subset_dir, epochs=2), run, monkeypatch)
     before = snapshot(run)
     assert "checkpoint.pt" in before
     with pytest.raises(ValueError, match=r"holds an unfinished run .*checkpoint\.pt.*pass --resume"):
@@ -56,11 +53,18 @@ def test_an_unfinished_run_is_refused_without_resume(tmp_path, mnist_subset_dir,
     assert train(config(mnist_subset_dir, epochs=2), run, progress=False, resume=True)["epochs_completed"] == 2
 
 
-def _kill_after(save):
+def interrupt_after_epoch_1(run_config, run, monkeypatch):
+    """Train until a simulated kill right after epoch 1's checkpoint: an unfinished run in ``run``."""
+    save = run_module.save_checkpoint
+
     def kill(*args, **kwargs):
         save(*args, **kwargs)
         raise Killed
-    return kill
+
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "save_checkpoint", kill)
+        with pytest.raises(Killed):
+            train(run_config, run, progress=False)
 
 
 def test_a_crash_while_overwriting_leaves_no_old_weights_beside_new_settings(tmp_path, mnist_subset_dir,
@@ -178,10 +182,7 @@ def test_a_tampered_checkpoint_is_named_not_a_traceback(tmp_path, mnist_subset_d
     from sparse_eoc.train.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
-    with monkeypatch.context() as m:
-        m.setattr(run_module, "save_checkpoint", _kill_after(run_module.save_checkpoint))
-        with pytest.raises(Killed):
-            train(config(mnist_subset_dir, epochs=2), run, progress=False)
+    interrupt_after_epoch_1(config(mnist_subset_dir, epochs=2), run, monkeypatch)
     good = torch.load(run / "checkpoint.pt", weights_only=True)
     for change, message in (({"wall_seconds": "1"}, r"wall_seconds must be a number"),
                             ({"history": [1]}, r"history must be 1 dicts"),

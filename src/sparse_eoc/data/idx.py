@@ -165,6 +165,9 @@ def find_idx_file(data_dir: str | os.PathLike, name: str) -> Path:
     for candidate in tried:
         if (data_dir / candidate).is_file():
             return data_dir / candidate
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataFileError(f"{data_dir}: is a file, not a directory (--data-dir takes the directory holding "
+                            f"{tried[0]})")
     where = "directory" if data_dir.is_dir() else "directory (which does not exist)"
     raise DataFileError(
         f"{data_dir}: no file {tried[0]} or {tried[1]} in {where} {data_dir}"
