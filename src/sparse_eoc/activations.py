@@ -30,6 +30,7 @@ __all__ = [
     "Activation",
     "ACTIVATIONS",
     "ALIASES",
+    "RELU_SPARSITY",
     "get_activation",
     "canonical_name",
     "check_tau_m",
@@ -137,6 +138,8 @@ ACTIVATIONS: dict[str, Activation] = {
 
 #: Names that resolve to a registered activation with a fixed sparsity.
 ALIASES: dict[str, str] = {"relu": "relu_tau"}
+#: The sparsity of plain ReLU (``relu`` = ``relu_tau`` with tau = 0) at any q: half its inputs are negative.
+RELU_SPARSITY = 0.5
 
 
 def canonical_name(name: str) -> str:

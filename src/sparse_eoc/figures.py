@@ -307,7 +307,7 @@ def draw_propagation(
     """Empirical q^l over depth at finite width against the theory (docs/theory.md sections 4.1-4.2, paper Section 4).
 
     ``seeds`` random EoC MLPs per activation (Gaussian inputs scaled so q^1 = q* = 1;
-    clipped ones at V'(q*) = 0.7) via :func:`sparse_eoc.nn.propagate.propagate`. Left:
+    clipped ones at V'(q*) = 0.7) via :func:`sparse_eoc.experiments.propagate.propagate`. Left:
     the median q^l with its 10-90 % band over seeds (log scale; gaps where float64
     overflowed), the infinite-width theory q^l = q* = 1, and a vertical line where the
     median first passes 1e30; inset: the clipped ones on a linear scale. Right: the

@@ -176,3 +176,9 @@ def test_importing_the_package_and_the_report_needs_no_torch():
     code = "import sys, sparse_eoc.experiments; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_training_preset_cannot_be_overridden():
+    """--set preset=... changed only the recorded name, not the settings it stands for."""
+    with pytest.raises(ValueError, match=r"preset cannot be overridden"):
+        get_experiment("dnn-table").runs("smoke", overrides=parse_overrides(["preset=cnn-mnist-cpu"]))

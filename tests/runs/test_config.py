@@ -9,7 +9,6 @@ from sparse_eoc.runs.config import (
     CELL_FREE_SETTINGS,
     NAME_FREE_SETTINGS,
     RESUME_FREE_SETTINGS,
-    SETTING_KINDS,
     TrainConfig,
     layer_settings,
     name_settings,
@@ -20,9 +19,9 @@ from sparse_eoc.runs.config import (
 )
 
 
-def test_every_setting_has_help_kind_and_choices():
+def test_every_setting_has_help_and_its_default_among_its_choices():
     for f in fields(TrainConfig):
-        assert f.metadata["help"] and f.metadata["kind"] in SETTING_KINDS, f.name
+        assert f.metadata["help"], f.name
         if f.metadata["choices"]:
             assert f.default is None or f.default in f.metadata["choices"], f.name
 
@@ -79,9 +78,8 @@ def test_config_files_are_checked_and_named(tmp_path, text, message):
 def test_layers_defaults_file_preset_options_overrides(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"activation": "crelu", "sparsity": 0.8, "slope": 0.6,
                                                   "epochs": 9, "lr": 0.5}))
-    config = layer_settings(config_file=tmp_path / "c.json", preset="mlp-mnist-cpu", explicit={"m": 1.2},
-                            overrides={"epochs": 3})
-    # the preset replaces the file's lr and epochs, the option m replaces the file's slope, --set wins last
+    config = layer_settings(config_file=tmp_path / "c.json", preset="mlp-mnist-cpu", explicit={"m": 1.2, "epochs": 3})
+    # the preset replaces the file's lr and epochs, the option m replaces the file's slope, options win last
     assert (config.lr, config.epochs, config.m, config.slope, config.preset) == (1e-3, 3, 1.2, None, "mlp-mnist-cpu")
     relu = layer_settings(config_file=tmp_path / "c.json", explicit={"activation": "relu"})
     assert (relu.sparsity, relu.slope, relu.m) == (None, None, None)
@@ -115,3 +113,24 @@ def test_values_that_overflow_float32_training_are_refused(changes, message):
     """M3/M4: --lr 1e39 and --q-star 1e300 crashed in the first step; --threads 1e9 was accepted."""
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{"activation": "crelu", "sparsity": 0.85, **changes})
+
+
+def test_a_setting_added_later_is_filled_in_for_runs_saved_before_it(monkeypatch):
+    """The missing_means rule: a config.json or checkpoint without a later setting means the
+    behaviour before it existed, for reading, for the run's name and for the resume check."""
+    import dataclasses
+
+    import sparse_eoc.runs.config as config_module
+
+    field = next(f for f in fields(TrainConfig) if f.name == "log_layer_stats")
+    patched = dataclasses.field(default=False, metadata={**field.metadata, "missing_means": False})
+    patched.name, patched.type, patched._field_type = field.name, field.type, field._field_type
+    monkeypatch.setitem(TrainConfig.__dataclass_fields__, "log_layer_stats", patched)
+    saved = TrainConfig(sparsity=0.8).to_dict()
+    del saved["log_layer_stats"]  # as written before the setting existed
+    assert TrainConfig.from_dict(saved).log_layer_stats is False
+    config_module.check_same_settings(saved, TrainConfig(sparsity=0.8), "RUN")  # not refused
+    with pytest.raises(ValueError, match="log_layer_stats"):
+        config_module.check_same_settings(saved, TrainConfig(sparsity=0.8, log_layer_stats=True), "RUN")
+    assert "log_layer_stats" not in name_settings(TrainConfig(sparsity=0.8))  # at its default: not in the name
+    assert name_settings(TrainConfig(sparsity=0.8, log_layer_stats=True))["log_layer_stats"] is True

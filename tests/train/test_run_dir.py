@@ -88,7 +88,7 @@ def test_a_run_another_process_trains_is_refused_even_with_overwrite(tmp_path, m
         for kwargs in ({}, {"overwrite": True}, {"resume": True}):
             with pytest.raises(RunLockedError, match=r"another process \(pid \d+\) is training"):
                 train(config(mnist_subset_dir), run, progress=False, **kwargs)
-    assert snapshot(run) == {}
+        assert snapshot(run) == {}  # nothing written by the refused runs
     assert train(config(mnist_subset_dir), run, progress=False)["status"] == "completed"  # released
 
 
@@ -101,7 +101,32 @@ def test_the_cli_refuses_in_one_line_and_overwrites_when_told(tmp_path, mnist_su
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds a finished run" in err and "--overwrite" in err
     assert main([*argv, "--overwrite"]) == 0
-    assert main([*argv, "--overwrite", "--resume", str(tmp_path / "r")]) == 2
+    with pytest.raises(ValueError, match=r"--resume continues a run and --overwrite replaces it"):
+        train(config(mnist_subset_dir), tmp_path / "r", progress=False, resume=True, overwrite=True)
+
+
+def test_an_unreadable_result_is_refused_and_the_weights_kept(tmp_path, mnist_subset_dir, capsys):
+    """A result.json that cannot be read made a resume (and a sweep rerun) start afresh, deleting the weights."""
+    run = tmp_path / "run"
+    train(config(mnist_subset_dir), run, progress=False)
+    for text in ("{", '{"status": "weird"}'):
+        (run / "result.json").write_text(text)
+        before = snapshot(run)
+        for kwargs in ({"resume": True}, {}):
+            with pytest.raises(ValueError, match=r"result\.json is not a finished run's result .*nothing was changed"):
+                train(config(mnist_subset_dir), run, progress=False, **kwargs)
+            assert snapshot(run) == before
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "is not a finished run's result" in capsys.readouterr().err
+    assert train(config(mnist_subset_dir), run, progress=False, overwrite=True)["status"] == "completed"
+
+
+def test_a_new_run_that_fails_before_writing_leaves_no_directory(tmp_path, mnist_subset_dir):
+    """A refused or failed new run left an empty directory (and a lock file) behind."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="train-images-idx3-ubyte"):
+        train(config(tmp_path / "empty"), tmp_path / "new" / "run", progress=False)
+    assert not (tmp_path / "new" / "run").exists()
 
 
 @pytest.mark.parametrize("target, error", [

@@ -1,6 +1,6 @@
 """Datasets: IDX (MNIST-format) files, CIFAR-10 pickle batches and the common ImageDataset
 they load into (NumPy only: importing this package does not import torch). Torch batch
-augmentation lives in :mod:`sparse_eoc.data.augment`.
+augmentation lives with its caller, in :mod:`sparse_eoc.train.augment`.
 
 Modules: ``dataset`` (ImageDataset, DataFileError, the shared split and standardisation),
 ``idx`` (MNIST format), ``cifar`` (CIFAR-10 batches), ``download`` (fetching CIFAR-10 and MNIST),

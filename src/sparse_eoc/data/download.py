@@ -229,13 +229,13 @@ def _fetch_mnist_file(name: str, dest: Path, timeout: float) -> None:
 def download_mnist(data_dir: str | os.PathLike, *, timeout: float = 60.0) -> Path:
     """Download the four MNIST files (about 11 MB in all) into ``data_dir`` where missing.
 
-    For each file of :data:`~sparse_eoc.data.MNIST_FILES`, the copy
-    :func:`~sparse_eoc.data.load_mnist` would read (``NAME.gz``, else ``NAME``) is kept
-    when it is there and its uncompressed md5 is :data:`MNIST_MD5`'s; a missing one is
-    fetched as ``NAME.gz`` from :data:`MNIST_MIRRORS`, tried in order, and written
-    atomically (a temporary file in ``data_dir`` renamed once its md5 matches), so an
-    interrupted or failed download leaves no file.  Never called implicitly: loaders
-    only read.
+    For each file of :data:`~sparse_eoc.data.MNIST_FILES`, a copy already there (``NAME.gz``
+    or ``NAME``, as :func:`~sparse_eoc.data.load_mnist` reads them) is kept as it is, whatever
+    it holds (another MNIST-format dataset, say: the loader checks the format); a missing
+    one is fetched as ``NAME.gz`` from :data:`MNIST_MIRRORS`, tried in order, and written
+    atomically (a temporary file in ``data_dir`` renamed once its uncompressed md5 is
+    :data:`MNIST_MD5`'s), so an interrupted or failed download leaves no file.  Never called
+    implicitly: loaders only read.
 
     Args:
         data_dir: the directory :func:`~sparse_eoc.data.load_mnist` will read; created
@@ -246,28 +246,15 @@ def download_mnist(data_dir: str | os.PathLike, *, timeout: float = 60.0) -> Pat
         ``data_dir``, ready for :func:`~sparse_eoc.data.load_mnist`.
 
     Raises:
-        DataFileError: naming the file, if a file already in ``data_dir`` is not the
-            standard MNIST one (e.g. Fashion-MNIST, which uses the same names; it is
-            left untouched), or if the mirrors answered but none with the standard
+        DataFileError: naming the file, if the mirrors answered but none with the standard
             bytes (nothing is written).
         OSError: if no mirror can be reached (e.g. no internet); the message says
             where to put the files by hand.
     """
     data_dir = Path(data_dir)
     for name in MNIST_FILES.values():
-        present = [p for p in (data_dir / f"{name}.gz", data_dir / name) if p.is_file()]
-        if present:  # the copy load_mnist would read
-            try:
-                digest = _idx_md5(present[0])
-                problem = f"md5 {digest} of its uncompressed data, expected {MNIST_MD5[name]}"
-            except _BadBytes as err:
-                digest, problem = None, str(err)
-            if digest != MNIST_MD5[name]:
-                raise DataFileError(
-                    f"{present[0]}: not the standard MNIST file ({problem}); left untouched: "
-                    f"move it away to download MNIST here, or use it without --download"
-                )
-            continue
+        if (data_dir / f"{name}.gz").is_file() or (data_dir / name).is_file():
+            continue  # there already: kept as it is, not read
         data_dir.mkdir(parents=True, exist_ok=True)
         _fetch_mnist_file(name, data_dir / f"{name}.gz", timeout)
     return data_dir

@@ -174,6 +174,9 @@ class Experiment:
         (a dict; see :func:`parse_overrides`), with ``preset`` naming the training preset."""
         p = self.preset(preset)
         overrides = dict(overrides or {})
+        if "preset" in overrides:
+            raise ValueError("preset cannot be overridden: it records the training preset this experiment preset "
+                             f"starts from ({p.train_preset}); override the settings themselves with --set")
         grid_keys = sorted(set(overrides) & set(GRID_SETTINGS))
         if grid_keys:
             raise ValueError(f"{', '.join(grid_keys)} cannot be overridden: the experiment's grid sets "

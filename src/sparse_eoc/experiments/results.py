@@ -55,7 +55,7 @@ from sparse_eoc.activations import ACTIVATIONS, ALIASES
 from sparse_eoc.gp import bifurcation_m
 from sparse_eoc.plotstyle import LABELS
 from sparse_eoc.runs.config import CELL_FREE_SETTINGS
-from sparse_eoc.runs.files import FINISHED
+from sparse_eoc.runs.files import CONFIG_FILE, FINISHED, METRICS_FILE, RESULT_FILE, read_metrics
 
 __all__ = [
     "DIVERGED_CONVENTIONS",
@@ -216,27 +216,17 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    lines = []
+    """``metrics.jsonl`` read by :func:`sparse_eoc.runs.files.read_metrics`, its lines' fields checked."""
     try:
-        text = path.read_text()
+        lines = read_metrics(path)
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not valid JSON lines ({err})") from err
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {i}: not valid JSON ({err})") from err
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {i}: not a JSON object, got {type(record).__name__}")
-            if not _is_int(record.get("epoch")):
-                raise ValueError(f"{path}, line {i}: epoch must be an integer, got {record.get('epoch')!r}")
-            for key in ("train_loss", "test_accuracy"):
-                if not _is_number_or_null(record.get(key)):
-                    raise ValueError(f"{path}, line {i}: {key} must be a number or null, got {record.get(key)!r}")
-            lines.append(record)
+    for i, record in enumerate(lines, 1):
+        if not _is_int(record.get("epoch")):
+            raise ValueError(f"{path}, record {i}: epoch must be an integer, got {record.get('epoch')!r}")
+        for key in ("train_loss", "test_accuracy"):
+            if not _is_number_or_null(record.get(key)):
+                raise ValueError(f"{path}, record {i}: {key} must be a number or null, got {record.get(key)!r}")
     return lines
 
 
@@ -311,7 +301,7 @@ def load_runs(directory: str | os.PathLike, *, include_unfinished: bool = False,
     if not root.is_dir():
         raise ValueError(f"directory {str(root)!r} is not a directory (pass a sweep or run directory)")
     runs = []
-    for cfg_path in sorted(root.rglob("config.json")):
+    for cfg_path in sorted(root.rglob(CONFIG_FILE)):
         try:
             run = _read_run(cfg_path)
         except ValueError as err:
@@ -331,12 +321,12 @@ def _read_run(cfg_path: Path) -> Run | None:
         return None  # not a run's config
     _check_config(cfg_path, config)
     run_dir = cfg_path.parent
-    result_path = run_dir / "result.json"
+    result_path = run_dir / RESULT_FILE
     result = None
     if result_path.is_file():
         result = _read_json(result_path)
         _check_result(result_path, result)
-    return Run(run_dir, config, result, _read_metrics(run_dir / "metrics.jsonl"))
+    return Run(run_dir, config, result, _read_metrics(run_dir / METRICS_FILE))
 
 
 # --------------------------------------------------------------------------- table

@@ -4,7 +4,7 @@ A sweep directory ``DIR`` holds::
 
     sweep.json          the experiment, preset, overrides and the list of runs with their
                         settings and last known status (written atomically after each run)
-    runs/<name>/        one run directory per run (see sparse_eoc.train.run), plus
+    runs/<name>/        one run directory per run (see sparse_eoc.runs.files), plus
                         log.txt (the run's messages) and error.txt (the traceback of a run
                         that raised; removed once the run finishes)
 
@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,12 +59,7 @@ from tqdm.auto import tqdm
 
 from sparse_eoc.experiments.registry import RunSpec, estimate_seconds, get_experiment
 from sparse_eoc.jsonio import write_json, write_text_atomic
-from sparse_eoc.runs.files import ERROR_FILE, FINISHED, LOG_FILE, read_result, run_status
-
-try:  # POSIX: one sweep at a time per directory; the lock dies with its process (kill -9 too)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from sparse_eoc.runs.files import ERROR_FILE, FINISHED, LOG_FILE, directory_lock, read_result, run_status
 
 __all__ = ["BACKENDS", "SWEEP_FILE", "ERROR_FILE", "SweepOutcome", "run_one", "run_status", "plan_sweep",
            "run_sweep", "available_cores", "busy_warning", "format_duration"]
@@ -239,17 +234,10 @@ def plan_sweep(experiment: str, preset: str, *, data_dir: str | os.PathLike | No
     return get_experiment(experiment).runs(preset, overrides=overrides, data_dir=data)
 
 
-@contextlib.contextmanager
-def _sweep_lock(out: Path) -> Iterator[None]:
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with (out / ".sweep.lock").open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"out={str(out)!r}: another sweep is running in this directory") from None
-        yield
+def _sweep_lock(out: Path):
+    """One sweep at a time per directory (the lock dies with its process, kill -9 too)."""
+    return directory_lock(out / ".sweep.lock", f"out={str(out)!r}: another sweep is running in this directory "
+                                               "(pid {pid})")
 
 
 def _check_same_sweep(path: Path, experiment: str, preset: str, names: Sequence[str]) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import optimize
 from scipy.stats import norm
 
-from sparse_eoc.activations import canonical_name, get_activation
+from sparse_eoc.activations import RELU_SPARSITY, canonical_name, get_activation
 from sparse_eoc.gp.maps import (
     Q_STAR_RANGE,
     GPParams,
@@ -61,8 +61,6 @@ __all__ = [
 
 #: V'(q*) used for a clipped activation when neither m nor a slope is given.
 DEFAULT_SLOPE = 0.7
-#: The sparsity of plain ReLU (``relu`` = ``relu_tau`` with tau = 0) at any q.
-RELU_SPARSITY = 0.5
 #: |V'(q) - 1| below this counts as V'(q) = 1 (a tangent, half-stable fixed point).
 SLOPE_TOL = 1e-7
 #: An extremum of V(q) - q within this relative round-off of 0 is a tangent (double) root.

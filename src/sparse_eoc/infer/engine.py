@@ -281,7 +281,8 @@ class SparseEngine:
 
         Raises:
             FileNotFoundError: if the run's files are missing.
-            ValueError: if the run is not an MLP run.
+            ValueError: if the run is not an MLP run, or not finished (see
+                :func:`sparse_eoc.nn.build.load_run`).
         """
         from sparse_eoc.nn.build import load_run
 

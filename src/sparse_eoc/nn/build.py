@@ -100,12 +100,12 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[Sparse
         (model in eval mode on ``device``, the parsed ``config.json``).
 
     Raises:
-        FileNotFoundError: ``config.json`` is missing.
+        FileNotFoundError: ``config.json`` is missing, or ``model.safetensors`` of a completed run.
         ValueError: the run is not finished (no ``result.json`` with status completed or
             diverged: it may be training, interrupted, or half overwritten), it diverged
             before any epoch completed (no weights), ``config.json`` is not valid JSON or
-            lacks the ``network`` section, or ``model.safetensors`` is missing, corrupt or
-            holds weights of another shape (each names the file).
+            lacks the ``network`` section, or ``model.safetensors`` is corrupt or holds
+            weights of another shape (each names the file).
     """
     from safetensors.torch import load_file
 

@@ -3,8 +3,8 @@
 Each field carries its help text, its kind (what it is about: see SETTING_KINDS) and its
 choices; the CLI's ``train`` options, the sweep's ``--set``, the run names and the resume
 rules are all made from these. The settings of a run are layered by :func:`layer_settings`
-(defaults < ``--config`` file < ``--preset`` < options < ``--set``); a resume reads them back
-with :func:`resume_settings`.
+(defaults < ``--config`` file < ``--preset`` < options); a resume reads them back with
+:func:`resume_settings`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from sparse_eoc.activations import ACTIVATIONS, ALIASES, canonical_name, get_activation
+from sparse_eoc.activations import ACTIVATIONS, ALIASES, RELU_SPARSITY, canonical_name, get_activation
 from sparse_eoc.checks import check_int
-from sparse_eoc.gp import RELU_SPARSITY
+from sparse_eoc.runs.files import CONFIG_FILE
 from sparse_eoc.runs.presets import PRESETS, get_preset
 
 __all__ = [
@@ -291,6 +291,9 @@ def check_same_settings(saved: Mapping[str, Any], config: TrainConfig, where: st
     Raises:
         ValueError: naming the differing settings and both values.
     """
+    missing = {f.name: f.metadata["missing_means"] for f in fields(TrainConfig)
+               if f.name not in saved and "missing_means" in f.metadata}  # saved before the setting existed
+    saved = {**missing, **saved}
     differing = settings_differences(saved, config.to_dict(), ignore=RESUME_FREE_SETTINGS)
     if differing:
         details = ", ".join(f"{k}={saved.get(k)!r} there, {getattr(config, k, None)!r} here" for k in differing)
@@ -376,10 +379,9 @@ def read_config_file(path: str | os.PathLike, *, option: str = "--config") -> di
 
 
 def layer_settings(*, config_file: str | os.PathLike | None = None, preset: str | None = None,
-                   explicit: Mapping[str, Any] | None = None,
-                   overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+                   explicit: Mapping[str, Any] | None = None) -> TrainConfig:
     """The settings of a new run, layered: defaults < ``config_file`` < ``preset`` < ``explicit``
-    (the command line's options) < ``overrides`` (``--set``).
+    (the command line's options).
 
     An explicit choice replaces what it excludes in the layers below: ``m`` and ``slope``
     are alternatives, an unclipped activation takes neither, and ``relu`` fixes the sparsity.
@@ -392,13 +394,12 @@ def layer_settings(*, config_file: str | os.PathLike | None = None, preset: str 
         settings.update(read_config_file(config_file))
     if preset is not None:
         settings.update(get_preset(preset), preset=preset)
-    for layer in (explicit or {}, overrides or {}):
-        if "m" in layer or "slope" in layer or "activation" in layer:
-            settings.pop("m", None), settings.pop("slope", None)
-        if layer.get("activation") == "relu":
-            settings.pop("sparsity", None)
-        settings.update(layer)
-    return TrainConfig(**settings)
+    explicit = dict(explicit or {})
+    if "m" in explicit or "slope" in explicit or "activation" in explicit:
+        settings.pop("m", None), settings.pop("slope", None)
+    if explicit.get("activation") == "relu":
+        settings.pop("sparsity", None)
+    return TrainConfig(**{**settings, **explicit})
 
 
 def resume_settings(run_dir: str | os.PathLike, changes: Mapping[str, Any] | None = None, *,
@@ -416,7 +417,7 @@ def resume_settings(run_dir: str | os.PathLike, changes: Mapping[str, Any] | Non
     """
     changes = dict(changes or {})
     fixed = [option_name(k) for k in changes if k not in RESUME_FREE_SETTINGS] + list(other_options)
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG_FILE
     if fixed:
         raise ValueError(f"--resume takes the settings from {path}: drop {', '.join(fixed)} (only "
                          f"{', '.join(map(option_name, RESUME_FREE_SETTINGS))} and --no-progress go with --resume)")

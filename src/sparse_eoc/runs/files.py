@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "RESULT_FILE", "MODEL_FILE", "CHECKPOINT_FILE", "LOCK_FILE", "LOG_FILE",
     "ERROR_FILE", "FINISHED", "RunLockedError", "read_json", "read_metrics", "read_result", "run_status",
-    "run_lock", "unfinished_run_files",
+    "run_lock", "directory_lock", "unfinished_run_files",
 ]
 
 CONFIG_FILE = "config.json"
@@ -94,7 +94,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         except ValueError as err:
             raise ValueError(f"{path}, line {i}: not valid JSON ({err})") from err
         if not isinstance(value, dict):
-            raise ValueError(f"{path}, line {i}: expected a JSON object, found a JSON {type(value).__name__}")
+            raise ValueError(f"{path}, line {i}: not a JSON object, got {type(value).__name__}")
         lines.append(value)
     return lines
 
@@ -125,7 +125,7 @@ def run_status(run_dir: str | os.PathLike) -> str:
 
 
 def unfinished_run_files(run_dir: str | os.PathLike) -> list[str]:
-    """The files of an unfinished run in ``run_dir`` (config, metrics, checkpoint, weights),
+    """The run files present in ``run_dir`` (config, metrics, checkpoint, weights, result),
     empty when the directory holds none (absent, empty, or only unrelated files)."""
     run_dir = Path(run_dir)
     names = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, MODEL_FILE, RESULT_FILE)
@@ -133,29 +133,25 @@ def unfinished_run_files(run_dir: str | os.PathLike) -> list[str]:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold ``RUN/.lock`` (created with ``RUN``) for the duration, or refuse at once.
+def directory_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` for the duration, or refuse at once.
 
-    The lock is an exclusive ``flock``: it is released when the block ends or the process
-    dies (``kill -9`` and the OOM killer included), so a stale lock never blocks a rerun.
-    The file holds the holder's pid, for the message.
+    The lock is released when the block ends or the process dies (``kill -9`` and the OOM
+    killer included), so a stale lock never blocks a rerun. The file holds the holder's pid.
 
     Raises:
-        RunLockedError: another process holds the lock (the message names the directory and its pid).
+        RunLockedError: another process holds the lock; the message is ``busy`` with
+            ``{pid}`` filled in.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if fcntl is None:  # pragma: no cover
         yield
         return
-    with (run_dir / LOCK_FILE).open("a+") as fh:
+    with Path(path).open("a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise RunLockedError(f"{run_dir}: another process (pid {holder}) is training in this run directory; "
-                                 "wait for it to finish or stop it first") from None
+            raise RunLockedError(busy.format(pid=fh.read().strip() or "unknown")) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -165,3 +161,27 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
         finally:
             with contextlib.suppress(OSError):
                 fh.truncate(0)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold ``RUN/.lock`` (created with ``RUN``) while a process trains in ``RUN``, or refuse at once.
+
+    A directory this call created is removed again if the block leaves nothing in it but the
+    lock (a new run refused or failed before it wrote a file).
+
+    Raises:
+        RunLockedError: another process holds the lock (the message names the directory and its pid).
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with directory_lock(run_dir / LOCK_FILE, f"{run_dir}: another process (pid {{pid}}) is training in this "
+                                                 "run directory; wait for it to finish or stop it first"):
+            yield
+    finally:
+        if created and [p.name for p in run_dir.iterdir()] in ([LOCK_FILE], []):
+            with contextlib.suppress(OSError):
+                (run_dir / LOCK_FILE).unlink(missing_ok=True)
+                run_dir.rmdir()

@@ -49,6 +49,7 @@ from sparse_eoc.runs.files import (
     METRICS_FILE,
     MODEL_FILE,
     RESULT_FILE,
+    read_json,
     read_result,
     run_lock,
     unfinished_run_files,
@@ -224,8 +225,10 @@ def train(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
+    _check_existing_run(out, resume=resume, overwrite=overwrite)  # before anything is created or locked
     with run_lock(out):
         files = RunFiles(out)
+        _check_existing_run(out, resume=resume, overwrite=overwrite)  # again, now that no one else can write
         checkpoint = None
         if resume:
             finished = files.finished_result(config)
@@ -236,8 +239,6 @@ def train(
                 checkpoint = load_checkpoint(files.checkpoint)
                 check_same_settings(checkpoint["settings"], config, files.checkpoint)
                 log(f"resuming {out} after epoch {checkpoint['epoch']} of {config.epochs}")
-        elif not overwrite:
-            _refuse_existing_run(out)
         run = resolve(config)
         for warning in run.clip.warnings:
             log(f"warning: {warning}")
@@ -246,8 +247,21 @@ def train(
         return _fit_run(run, files, checkpoint, progress=progress, log=log)
 
 
-def _refuse_existing_run(out: Path) -> None:
-    """Refuse to start a new run over a finished or unfinished one (see ``train``)."""
+def _check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse what a run directory holds (see ``train``): a result.json that is not a finished
+    run's (unreadable, or another status) unless overwriting; without resume or overwrite, a
+    finished or an unfinished run."""
+    result_path = out / RESULT_FILE
+    if not overwrite and result_path.exists() and read_result(out) is None:
+        try:
+            status = read_json(result_path).get("status")
+            problem = f"its status is {status!r}, not one of {', '.join(FINISHED)}"
+        except (OSError, ValueError) as err:
+            problem = str(err)
+        raise ValueError(f"--out {out}: {result_path} is not a finished run's result ({problem}); nothing was "
+                         "changed: move it aside, or pass --overwrite to replace the run")
+    if resume or overwrite:
+        return
     result = read_result(out)
     if result is not None:
         raise ValueError(f"--out {out}: holds a finished run ({result['status']}); pass --overwrite to replace "
