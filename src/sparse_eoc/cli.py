@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out, finished or not")
     p.add_argument("--resume", metavar="RUN",
                    help="continue the interrupted run RUN from its checkpoint, with its config.json settings "
-                        "(a finished run is only reported); only --device, --threads, --no-progress go with it")
+                        "(a finished run is only reported); only --device, --threads, --kernels, --no-progress go with it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_command)
 

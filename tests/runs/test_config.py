@@ -28,9 +28,11 @@ def test_every_setting_has_help_and_its_default_among_its_choices():
 
 def test_the_setting_lists_are_queries_of_the_kinds():
     # the lists the code kept by hand at 6b2918f, now derived from the fields
-    assert set(NAME_FREE_SETTINGS) == {"data_dir", "device", "threads", "preset"}
-    assert set(RESUME_FREE_SETTINGS) == {"device", "threads"}
-    assert set(CELL_FREE_SETTINGS) == {"seed", "data_dir", "device", "threads", "preset", "log_layer_stats"}
+    # (and kernels, the execution setting added after 6b2918f)
+    assert set(NAME_FREE_SETTINGS) == {"data_dir", "device", "threads", "preset", "kernels"}
+    assert set(RESUME_FREE_SETTINGS) == {"device", "threads", "kernels"}
+    assert set(CELL_FREE_SETTINGS) == {"seed", "data_dir", "device", "threads", "preset", "log_layer_stats",
+                                       "kernels"}
     assert settings_of_kind("diagnostic") == ("log_layer_stats",)
 
 
@@ -89,7 +91,7 @@ def test_resume_takes_the_runs_settings_and_only_how_changes(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**TrainConfig(sparsity=0.8).to_dict(), "eoc": {}}))
     config = resume_settings(tmp_path, {"threads": 1})
     assert (config.sparsity, config.threads) == (0.8, 1)
-    with pytest.raises(ValueError, match=r"drop --lr, --out \(only --device, --threads and --no-progress"):
+    with pytest.raises(ValueError, match=r"drop --lr, --out \(only --device, --threads, --kernels and --no-progress"):
         resume_settings(tmp_path, {"lr": 0.1}, other_options=["--out"])
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"--resume .*config\.json: settings must be a JSON object"):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from sparse_eoc.checks import check_int
 from sparse_eoc.nn.activations import SparseActivation, make_activation
+from sparse_eoc.nn.sparse_linear import _sparse_linear_input
 from sparse_eoc.nn.sparsity import SparsityMeter
 
 __all__ = ["SparseMLP", "forward_hidden", "plain_hidden_states"]
@@ -140,6 +141,7 @@ class SparseMLP(nn.Module):
         )
         self.readout = nn.Linear(width, num_classes)
         self.meter: SparsityMeter | None = None
+        self.kernels = "dense"  # the training kernels: see sparse_eoc.nn.sparse_linear.set_kernels_
 
     @property
     def depth(self) -> int:
@@ -163,7 +165,8 @@ class SparseMLP(nn.Module):
         """
         if x.dim() > 2:
             x = x.flatten(1)  # (B, *) -> (B, in_features)
-        x = forward_hidden(self.hidden, x, self.act, self.meter, _linear)  # (B, width)
+        pre_activation = _linear if self.kernels == "dense" else _sparse_linear_input(self)
+        x = forward_hidden(self.hidden, x, self.act, self.meter, pre_activation)  # (B, width)
         return self.readout(x)
 
     def hidden_states(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:

@@ -26,6 +26,7 @@ from sparse_eoc.runs.presets import PRESETS, get_preset
 
 __all__ = [
     "TrainConfig", "OPTIMIZERS", "MODELS", "PADDING_MODES", "WEIGHT_INITS", "DATASETS", "LR_SCHEDULES",
+    "KERNEL_CHOICES",
     "ACTIVATION_CHOICES", "SETTING_KINDS", "RESOLVED_KEYS", "NAME_FREE_SETTINGS", "RESUME_FREE_SETTINGS",
     "CELL_FREE_SETTINGS", "settings_of_kind", "default_settings", "name_settings", "settings_differences",
     "check_same_settings", "setting_type", "option_name", "parse_overrides", "read_config_file", "layer_settings",
@@ -39,6 +40,7 @@ DATASETS = ("mnist", "cifar10")
 PADDING_MODES = ("zeros", "circular")  # of the CNN's "same" convolutions
 WEIGHT_INITS = ("gaussian", "delta_orthogonal")  # of init_eoc_ (delta_orthogonal: CNN only)
 LR_SCHEDULES = ("none", "cosine")  # constant, or per-step cosine decay to 0
+KERNEL_CHOICES = ("dense", "sparse", "auto")  # the MLP's training kernels (sparse_eoc.nn.sparse_linear)
 ACTIVATION_CHOICES = (*ALIASES, *ACTIVATIONS)
 MAX_STEP_SIZE = 1e30  # lr (x readout_lr_scale): a float32 optimiser overflows near 3.4e38
 Q_STAR_RANGE = (1e-6, 1e6)  # q* of a trained network: tau and m ~ sqrt(q*) and their squares stay in float32
@@ -109,6 +111,10 @@ class TrainConfig:
     val_size: int = _setting(0, "training examples held out for validation (the paper: 0)")
     device: str = _setting("cpu", "cpu, cuda, cuda:N, or auto (cuda when present)", kind="how")
     threads: int | None = _setting(None, "torch CPU threads (default: all cores)", kind="how")
+    kernels: str = _setting("auto", "training kernels of the MLP: dense (plain torch), sparse (exact kernels that "
+                                    "skip the zeros of each hidden layer's input) or auto (sparse where the "
+                                    "density and the layer's shape say it pays); may change on --resume",
+                            kind="how", choices=KERNEL_CHOICES, missing_means="dense")
     dataset: str = _setting("mnist", "mnist: any MNIST-format IDX files; cifar10: the python pickle batches",
                             choices=DATASETS)
     data_dir: str | None = _setting(None, "directory with the dataset's files", kind="where")
@@ -152,6 +158,11 @@ class TrainConfig:
             raise ValueError(f"kernel_size must be odd (same padding), got kernel_size={self.kernel_size!r}")
         if self.weight_init == "delta_orthogonal" and self.model != "cnn":
             raise ValueError("weight_init=delta_orthogonal applies to model=cnn only")
+        if self.kernels not in KERNEL_CHOICES:
+            raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got kernels={self.kernels!r}")
+        if self.kernels == "sparse" and self.model != "mlp":
+            raise ValueError(f"--kernels sparse applies to --model mlp only, not to --model {self.model}; "
+                             "use --kernels dense or auto (auto runs the CNN dense)")
         if self.augment and self.model != "cnn":
             raise ValueError("augment (random crop and flip) applies to model=cnn only")
         if self.optimizer not in OPTIMIZERS:

@@ -41,6 +41,7 @@ from sparse_eoc.jsonio import append_jsonl, json_line, to_json_safe, write_atomi
 from sparse_eoc.nn.build import build_model, check_fits, init_from_point_, load_run
 from sparse_eoc.nn.device import resolve_device
 from sparse_eoc.nn.init import input_weight_variance
+from sparse_eoc.nn.sparse_linear import set_kernels_
 from sparse_eoc.runs.config import RESUME_FREE_SETTINGS, TrainConfig, check_same_settings, read_config_file
 from sparse_eoc.runs.files import (
     CHECKPOINT_FILE,
@@ -116,6 +117,9 @@ def resolve(config: TrainConfig) -> Resolved:
     if config.data_dir is None:
         raise ValueError(f"--data-dir is required: the directory with the {config.dataset} files")
     device = resolve_device(config.device)
+    if config.kernels == "sparse" and device.type != "cpu":
+        raise ValueError(f"--kernels sparse runs on the CPU only, not on --device {config.device}; use --kernels "
+                         "dense or auto (auto runs dense there)")
     point = solve_eoc(config.activation, config.sparsity, config.q_star, m=config.m, slope=config.slope)
     clip = analyse_clip(point)
     data = load_image_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed)
@@ -288,6 +292,7 @@ def _fit_run(run: Resolved, files: RunFiles, checkpoint: dict[str, Any] | None, 
     init_from_point_(model, run.point, mean_square_input=data.mean_square_input, weight_init=config.weight_init,
                      generator=torch.Generator().manual_seed(config.seed))
     model.to(device)
+    set_kernels_(model, config.kernels if device.type == "cpu" else "dense")  # before the optimiser: layouts
     optimizer = make_optimizer(
         config.optimizer, param_groups(model, config.readout_lr_scale, config.lr), lr=config.lr,
         momentum=config.momentum, weight_decay=config.weight_decay,

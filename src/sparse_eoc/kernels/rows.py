@@ -1,0 +1,197 @@
+"""Row kernels on W^T, shared by the sparse inference engine and sparse training (numba, no torch).
+
+Layouts: activations ``a`` are (B, N_in) row-major; weights ``wt`` = W^T are (N_in, N_out)
+row-major, so ``wt[j]`` is the contiguous row of the weights leaving input unit j. A
+batch's nonzeros are held as CSR: ``indptr`` (B + 1,), ``idx`` and ``vals`` (nnz,),
+example b's nonzeros at ``indptr[b]:indptr[b + 1]``, sorted by unit.
+
+Every product of a layer with a sparse input is a sum of weighted rows: the engine's
+forward (y[b] = sum_j a[b, j] W^T[j]) and, in training, the forward, the weight gradient
+(dW^T[j] = sum_b a[b, j] dy[b]: rows of dy) and the input gradient (dot products with the
+rows W^T[j] of the active units). :func:`axpy_rows` adds weighted rows in fixed groups of
+four with a software prefetch of the rows further on; :func:`csr_rows_tile` blocks a batch
+so that the examples share each block of rows while it is in cache. Multiply-adds are fused
+(``fastmath={"contract"}``) but never reordered across rows beyond the fixed groups of four,
+so results are deterministic whatever the thread count. Every kernel takes float32 or
+float64 arrays (one compilation each).
+
+Weight rows are read in groups of four, and the rows ``PREFETCH_AHEAD`` further on are
+prefetched meanwhile (a software prefetch hint): the hardware prefetcher follows a row once
+it has started, but cannot guess which row comes next, and a narrow layer's rows are short
+(1.2 KB at width 300), so without the hint every row begins with a cache miss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["axpy_rows", "csr_rows_tile", "gather_rows_tile", "to_csr", "split_columns", "csr_tiling"]
+
+_FASTMATH = {"contract"}
+_U = np.uint64
+PREFETCH_AHEAD = 8  # rows: prefetch two groups of four ahead of the adds
+PREFETCH_FLOATS = 320  # of each upcoming row: a whole width-300 row (1200 bytes)
+
+
+# The inner loops index flat (ravelled) arrays with unsigned offsets: numba then drops its
+# negative-index wraparound, and LLVM vectorises the loops after they are inlined into the
+# row loop (no array views, hence no reference counting, per group of rows).
+
+
+@njit(fastmath=_FASTMATH, inline="always")
+def _group4(yf, wf, yoff, o0, o1, o2, o3, v0, v1, v2, v3, n):
+    """yf[yoff:yoff+n] += (v0 wf[o0:o0+n] + v1 wf[o1:o1+n]) + (v2 wf[o2:o2+n] + v3 wf[o3:o3+n])."""
+    for c in range(n):
+        yf[_U(yoff + c)] += ((v0 * wf[_U(o0 + c)] + v1 * wf[_U(o1 + c)])
+                             + (v2 * wf[_U(o2 + c)] + v3 * wf[_U(o3 + c)]))
+
+
+@njit(fastmath=_FASTMATH, inline="always")
+def _group1(yf, wf, yoff, o0, v0, n):
+    """yf[yoff:yoff+n] += v0 wf[o0:o0+n]."""
+    for c in range(n):
+        yf[_U(yoff + c)] += v0 * wf[_U(o0 + c)]
+
+
+# The intrinsic's name carries its pointer type: "p0" since LLVM 17 (opaque pointers only),
+# "p0i8" before (numba 0.60 and 0.61 bundle LLVM 14 and 15).
+_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch(typingctx, arr, offset):
+    """Hint the CPU to fetch the cache line of arr[offset] (llvm.prefetch: read, keep in all levels)."""
+    sig = types.void(arr, offset)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            _PREFETCH_NAME)
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _prefetch_rows(wf, n_out, idx, k, q, c0, n):
+    """Prefetch the first PREFETCH_FLOATS of rows idx[k:k+4] (those that exist), columns from c0.
+
+    One hint per 16 floats (a 64-byte line) and one at the last float: rows need not start
+    on a line boundary, so their last line may begin less than 16 floats from the end.
+    """
+    span = min(n, PREFETCH_FLOATS)
+    for r in range(k, min(k + 4, q)):
+        base = idx[r] * n_out + c0
+        for c in range(0, span, 16):
+            _prefetch(wf, _U(base + c))
+        if span > 0:
+            _prefetch(wf, _U(base + span - 1))
+
+
+@njit(cache=True)
+def axpy_rows(yf, yoff, wf, n_out, idx, vals, p, q, c0, c1):
+    """y[c0:c1] += sum_{k in p..q-1} vals[k] W^T[idx[k], c0:c1], rows in groups of four.
+
+    ``yf`` is the flat output with y[c] at ``yf[yoff + c]``; ``wf`` the flat W^T (N_in * N_out,).
+    """
+    n = c1 - c0
+    yo = yoff + c0
+    k = p
+    for r in range(k, min(k + PREFETCH_AHEAD, q), 4):
+        _prefetch_rows(wf, n_out, idx, r, q, c0, n)
+    while k + 4 <= q:
+        _prefetch_rows(wf, n_out, idx, k + PREFETCH_AHEAD, q, c0, n)  # rows further on, while these add
+        _group4(yf, wf, yo, idx[k] * n_out + c0, idx[k + 1] * n_out + c0, idx[k + 2] * n_out + c0,
+                idx[k + 3] * n_out + c0, vals[k], vals[k + 1], vals[k + 2], vals[k + 3], n)
+        k += 4
+    while k < q:
+        _group1(yf, wf, yo, idx[k] * n_out + c0, vals[k], n)
+        k += 1
+
+
+@njit(cache=True)
+def split_columns(n, parts, t):
+    """Columns [c0, c1) of part t of ``parts`` near-equal parts of n, boundaries at multiples of 16."""
+    chunk = ((n + parts - 1) // parts + 15) // 16 * 16
+    c0 = min(t * chunk, n)
+    return c0, min(c0 + chunk, n)
+
+
+@njit(cache=True)
+def csr_tiling(batch, n_in, n_out, ntiles, tile_bytes):
+    """(columns per tile T, rows per block R) of the csr kernel for a layer.
+
+    The (B, T) output tile and an (R, T) block of weights each get about ``tile_bytes``
+    (a share of L2): T = tile_bytes / (4 B), at least 256 and at most N_out, then cut
+    to give ``ntiles`` tiles (one per thread); R = tile_bytes / (4 T), at least 16, from
+    T before the cut, so the row blocks (which set the order of the additions) do not
+    depend on the thread count.
+    """
+    t = min(n_out, max(256, tile_bytes // (4 * batch)) // 16 * 16)
+    r = max(16, min(n_in, tile_bytes // (4 * t)))
+    t = max(16, min(t, ((n_out + ntiles - 1) // ntiles + 15) // 16 * 16))
+    return t, r
+
+
+@njit(cache=True)
+def to_csr(a, counts, skip):
+    """(indptr, idx, vals) of ``a`` (B, N_in): its nonzeros, or every entry when not ``skip``."""
+    batch, n_in = a.shape
+    indptr = np.zeros(batch + 1, np.int64)
+    for b in range(batch):
+        indptr[b + 1] = indptr[b] + (counts[b] if skip else n_in)
+    idx = np.empty(indptr[batch], np.int64)
+    vals = np.empty(indptr[batch], a.dtype)
+    for b in range(batch):
+        k = indptr[b]
+        for j in range(n_in):
+            v = a[b, j]
+            if v != 0 or not skip:
+                idx[k] = j
+                vals[k] = v
+                k += 1
+    return indptr, idx, vals
+
+
+@njit(cache=True)
+def gather_rows_tile(y, bias, wt, indptr, idx, vals, c0, c1):
+    """y[b, c0:c1] = bias[c0:c1] + sum_k vals[k] W^T[idx[k], c0:c1] over example b's nonzeros, every
+    example on its own (each reads its own rows)."""
+    n_out = wt.shape[1]
+    yf, wf = y.reshape(y.size), wt.reshape(wt.size)  # flat views
+    for b in range(y.shape[0]):
+        for c in range(c0, c1):
+            y[b, c] = bias[c]
+        axpy_rows(yf, b * n_out, wf, n_out, idx, vals, indptr[b], indptr[b + 1], c0, c1)
+
+
+@njit(cache=True)
+def csr_rows_tile(y, bias, wt, indptr, idx, vals, c0, c1, row_block):
+    """y[:, c0:c1] = bias[c0:c1] + a W^T[:, c0:c1] for the CSR batch a, input rows in blocks of ``row_block``.
+
+    For each block of rows, every example adds the rows of the block it needs; the
+    block's (row_block, c1 - c0) weights stay in cache while the examples take turns,
+    and the (B, c1 - c0) output tile stays in cache throughout.
+    """
+    batch, n_in, n_out = y.shape[0], wt.shape[0], wt.shape[1]
+    yf, wf = y.reshape(y.size), wt.reshape(wt.size)  # flat views
+    ptr = indptr[:batch].copy()  # (B,): each example's next nonzero
+    for b in range(batch):
+        for c in range(c0, c1):
+            y[b, c] = bias[c]
+    for r1 in range(row_block, n_in + row_block, row_block):
+        for b in range(batch):
+            p = ptr[b]
+            q, end = p, indptr[b + 1]
+            while q < end and idx[q] < r1:
+                q += 1
+            if q > p:
+                axpy_rows(yf, b * n_out, wf, n_out, idx, vals, p, q, c0, c1)
+            ptr[b] = q

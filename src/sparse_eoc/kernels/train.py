@@ -1,0 +1,182 @@
+"""The three products of a training step for a layer whose input is a sparse activation (numba, no torch).
+
+For a hidden layer y = a W^T + b with a = phi(h_prev) (B, N_in) mostly exact zeros, with
+W^T held row-major (``wt``, (N_in, N_out)) and the output gradient dy (B, N_out):
+
+- forward: y[b] = b + sum_{j: a[b, j] != 0} a[b, j] W^T[j]            (:func:`forward_tile`)
+- backward by weights: dW^T[j] = sum_{b: a[b, j] != 0} a[b, j] dy[b]    (:func:`grad_weight_tile`)
+- backward by input, only where phi'(h_prev) != 0 (for the activations here: a != 0 and
+  |a| < m, i.e. neither zeroed nor clipped): da[b, j] = dy[b] . W^T[j]  (:func:`grad_input_tile`);
+  every other entry of da is multiplied by phi' = 0 before it reaches anything, so it is
+  left 0.
+
+Each is a sum of weighted rows or of dot products with rows, over the nonzeros only, with
+the multiply-adds of the dense product where a is zero skipped: the exact gradients, no
+approximation. Each kernel fills a disjoint part of its output (a column tile of y, a range
+of rows of dW^T or of columns of da), so callers may run parts on several threads
+(``nogil``) and the result does not depend on the split. float32 and float64 alike.
+
+Loops are blocked for the cache: a (B, T) tile of y or dy and a block of weight rows are
+reused by every example while they are in cache (see :func:`sparse_eoc.kernels.rows.csr_rows_tile`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from sparse_eoc.kernels.rows import axpy_rows, csr_rows_tile
+
+__all__ = ["nonzero_csr", "active_csr", "transpose_csr", "forward_tile", "grad_weight_tile", "grad_input_tile"]
+
+_U = np.uint64
+
+
+@njit(cache=True, nogil=True)
+def nonzero_csr(a):
+    """The nonzeros of a (B, N) as CSR (indptr (B + 1,), idx (nnz,), vals (nnz,)), rows ascending."""
+    batch, n = a.shape
+    indptr = np.zeros(batch + 1, np.int64)
+    for b in range(batch):
+        c = 0
+        for j in range(n):
+            c += a[b, j] != 0
+        indptr[b + 1] = indptr[b] + c
+    idx = np.empty(indptr[batch], np.int64)
+    vals = np.empty(indptr[batch], a.dtype)
+    for b in range(batch):
+        k = indptr[b]
+        for j in range(n):
+            v = a[b, j]
+            if v != 0:
+                idx[k] = j
+                vals[k] = v
+                k += 1
+    return indptr, idx, vals
+
+
+@njit(cache=True, nogil=True)
+def active_csr(a, m):
+    """The entries of a (B, N) where the activation's derivative is nonzero: a != 0 and |a| < m
+    (m = inf: every nonzero), as CSR (indptr (B + 1,), idx (n_active,)), units ascending."""
+    batch, n = a.shape
+    indptr = np.zeros(batch + 1, np.int64)
+    for b in range(batch):
+        c = 0
+        for j in range(n):
+            v = a[b, j]
+            c += (v != 0) & (abs(v) < m)
+        indptr[b + 1] = indptr[b] + c
+    idx = np.empty(indptr[batch], np.int64)
+    for b in range(batch):
+        k = indptr[b]
+        for j in range(n):
+            v = a[b, j]
+            if (v != 0) & (abs(v) < m):
+                idx[k] = j
+                k += 1
+    return indptr, idx
+
+
+@njit(cache=True, nogil=True)
+def transpose_csr(indptr, idx, vals, n):
+    """CSR of a (B, n) -> CSR of a^T (n, B): (colptr (n + 1,), rows (nnz,), vals (nnz,)), each
+    column's examples ascending (a counting sort: O(nnz + n))."""
+    batch = len(indptr) - 1
+    colptr = np.zeros(n + 1, np.int64)
+    for k in range(indptr[batch]):
+        colptr[idx[k] + 1] += 1
+    for j in range(n):
+        colptr[j + 1] += colptr[j]
+    fill = colptr[:n].copy()
+    rows = np.empty(indptr[batch], np.int64)
+    tvals = np.empty(indptr[batch], vals.dtype)
+    for b in range(batch):
+        for k in range(indptr[b], indptr[b + 1]):
+            j = idx[k]
+            rows[fill[j]] = b
+            tvals[fill[j]] = vals[k]
+            fill[j] += 1
+    return colptr, rows, tvals
+
+
+@njit(cache=True, nogil=True)
+def forward_tile(y, bias, wt, indptr, idx, vals, c0, c1, row_block):
+    """y[:, c0:c1] = bias[c0:c1] + a W^T[:, c0:c1] for a given by its CSR (see csr_rows_tile)."""
+    csr_rows_tile(y, bias, wt, indptr, idx, vals, c0, c1, row_block)
+
+
+@njit(cache=True, nogil=True)
+def grad_weight_tile(dwt, dy, colptr, rows, vals, j0, j1, col_tile):
+    """dW^T[j] = sum_k vals[k] dy[rows[k]] over column j of a (its CSC), for rows j0 <= j < j1.
+
+    Columns in tiles of ``col_tile``: the (B, col_tile) tile of dy stays in cache while every
+    row j of the range takes its weighted sum of dy's rows.
+    """
+    n_out = dy.shape[1]
+    dwf, dyf = dwt.reshape(dwt.size), dy.reshape(dy.size)  # flat views
+    for c0 in range(0, n_out, col_tile):
+        c1 = min(c0 + col_tile, n_out)
+        for j in range(j0, j1):
+            base = j * n_out
+            p, q = colptr[j], colptr[j + 1]
+            if q == p:
+                for c in range(c0, c1):
+                    dwf[_U(base + c)] = 0
+                continue
+            v, o = vals[p], rows[p] * n_out  # the first row is written, not added (no zeroing pass)
+            for c in range(c0, c1):
+                dwf[_U(base + c)] = v * dyf[_U(o + c)]
+            if q > p + 1:
+                axpy_rows(dwf, base, dyf, n_out, rows, vals, p + 1, q, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def grad_input_tile(da, dy, wt, indptr, idx, j0, j1, col_tile, row_block):
+    """da[b, j] = dy[b] . W^T[j] at the active entries (CSR indptr/idx) with j0 <= j < j1; ``da`` must
+    be zero elsewhere (it is not written there).
+
+    Columns of dy and W^T in tiles of ``col_tile``, rows of W^T in blocks of ``row_block``: a
+    block of weight rows stays in cache while every example takes the dot products it needs
+    with it, two rows at a time (sharing the loads of dy[b]). Partial sums are added tile after
+    tile in a fixed order; within a tile the compiler may reorder the sum (vectorised partial
+    sums) the same way on every call, so the result is deterministic and does not depend on
+    the thread split.
+    """
+    batch, n_out = dy.shape
+    dyf, wf = dy.reshape(dy.size), wt.reshape(wt.size)  # flat views
+    start = np.empty(batch, np.int64)  # each example's first active unit >= j0
+    for b in range(batch):
+        k = indptr[b]
+        while k < indptr[b + 1] and idx[k] < j0:
+            k += 1
+        start[b] = k
+    ptr = np.empty(batch, np.int64)
+    for c0 in range(0, n_out, col_tile):
+        c1 = min(c0 + col_tile, n_out)
+        ptr[:] = start
+        for r0 in range(j0, j1, row_block):
+            r1 = min(r0 + row_block, j1)
+            for b in range(batch):
+                yo = b * n_out
+                k = ptr[b]
+                end = indptr[b + 1]
+                while k + 1 < end and idx[k + 1] < r1:
+                    w0, w1 = idx[k] * n_out, idx[k + 1] * n_out
+                    s0 = dy.dtype.type(0)
+                    s1 = dy.dtype.type(0)
+                    for c in range(c0, c1):
+                        g = dyf[_U(yo + c)]
+                        s0 += g * wf[_U(w0 + c)]
+                        s1 += g * wf[_U(w1 + c)]
+                    da[b, idx[k]] += s0
+                    da[b, idx[k + 1]] += s1
+                    k += 2
+                if k < end and idx[k] < r1:
+                    w0 = idx[k] * n_out
+                    s0 = dy.dtype.type(0)
+                    for c in range(c0, c1):
+                        s0 += dyf[_U(yo + c)] * wf[_U(w0 + c)]
+                    da[b, idx[k]] += s0
+                    k += 1
+                ptr[b] = k

@@ -1,0 +1,218 @@
+"""Exact sparse training kernels for the MLP's hidden layers, behind a ``torch.autograd.Function``.
+
+A hidden layer l >= 2 of :class:`~sparse_eoc.nn.mlp.SparseMLP` computes h^l = a W^T + b from
+a = phi(h^{l-1}), mostly exact zeros. :class:`SparseLinearFunction` computes its forward and
+both backward products over the nonzeros only (:mod:`sparse_eoc.kernels.train`): the same
+values as the dense products up to the order of the floating-point additions, with no
+approximation and no predictor. Optimisers, lr schedules, weight decay, checkpoints and the
+run files see ordinary parameters and gradients.
+
+``set_kernels_(model, kernels)`` chooses, for a model about to be trained:
+
+- ``dense``: plain torch ops (the behaviour of a run without this setting);
+- ``sparse``: every hidden layer after the first (whose input is the data, not an
+  activation) runs the sparse kernels while training;
+- ``auto``: per layer and step, the sparse kernels where the input's measured density and
+  the layer's shape say they pay (:func:`sparse_pays`), plain torch ops elsewhere: decided
+  from density and shape only, never from timings, so a seed still fixes the run.
+
+In eval mode or under ``torch.no_grad()`` the model runs plain torch ops whatever the choice
+(so it exports to ONNX and evaluates exactly as a dense-trained model). The sparse kernels
+read W^T row by row, so ``set_kernels_`` stores those layers' weights transposed in memory
+(``weight`` keeps its shape (out, in), its values, its ``state_dict`` key; saved weights are
+made contiguous as always); call it before the optimiser is built.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparse_eoc.runs.config import KERNEL_CHOICES
+
+__all__ = ["KERNEL_CHOICES", "SparseLinearFunction", "set_kernels_", "sparse_pays", "kernels_available"]
+
+# Cache blocking, chosen on the 2-core CPU this project is developed on (1 MiB L2 per core) at
+# batch 128 and width 4096 (the larger of a tile and the layer is used):
+FORWARD_COL_TILE = 2048  # output columns per tile of the forward: the (B, T) tile of y
+FORWARD_ROW_BLOCK = 64  # weight rows per block of the forward, shared by the batch while in cache
+WEIGHT_COL_TILE = 4096  # columns per tile of dW^T: the (B, T) tile of dy every row j reads
+INPUT_COL_TILE = 512  # columns per tile of the input gradient's dot products
+INPUT_ROW_BLOCK = 16  # weight rows per block of the input gradient
+
+
+def kernels_available() -> bool:
+    """Whether numba (the sparse kernels' compiler) is installed."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _kernels():
+    from sparse_eoc.kernels import train as kernels  # numba: imported on first use
+
+    return kernels
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _run_parts(fn: Callable[[int, int], None], n: int, threads: int) -> None:
+    """fn(lo, hi) over ``threads`` near-equal parts of range(n), the first on this thread.
+
+    The kernels release the GIL, so the parts run at once; their outputs are disjoint, so the
+    result does not depend on the split.
+    """
+    global _POOL
+    parts = max(1, min(threads, n))
+    bounds = [n * t // parts for t in range(parts + 1)]
+    if parts == 1:
+        fn(0, n)
+        return
+    if _POOL is None or _POOL._max_workers < parts - 1:
+        _POOL = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="sparse-eoc-kernel")
+    futures = [_POOL.submit(fn, bounds[t], bounds[t + 1]) for t in range(1, parts)]
+    fn(bounds[0], bounds[1])
+    for future in futures:
+        future.result()
+
+
+class SparseLinearFunction(torch.autograd.Function):
+    """y = a W^T + bias with the exact sparse kernels; a (B, N_in) the previous layer's activation.
+
+    Args of ``apply(a, weight, bias, m)``:
+        a: (B, N_in) float32 or float64, CPU, contiguous: phi(h^{l-1}), mostly exact zeros.
+        weight: (N_out, N_in), stored transposed (``weight.t()`` contiguous, see ``set_kernels_``).
+        bias: (N_out,), the bias the layer adds (the shift of the activation folded in).
+        m: the clip of the previous layer's activation (inf when unclipped): its derivative
+            is nonzero exactly where a != 0 and |a| < m (the torch modules' convention at the
+            kinks h = tau and h = tau + m, where the derivative is 0).
+
+    Returns:
+        y (B, N_out). Backward returns the exact gradients: dW = dy^T a over the nonzeros of a,
+        d(bias) = sum of dy, and da = dy W where phi'(h^{l-1}) != 0 and 0 elsewhere (where the
+        previous activation's backward multiplies it by 0).
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, weight: Tensor, bias: Tensor, m: float) -> Tensor:
+        k = _kernels()
+        threads = torch.get_num_threads()
+        a_np = a.detach().numpy()  # (B, N_in)
+        wt = weight.detach().t().numpy()  # (N_in, N_out) row-major: W^T
+        b_np = bias.detach().numpy()  # (N_out,)
+        batch, n_out = a_np.shape[0], wt.shape[1]
+        indptr, idx, vals = k.nonzero_csr(a_np)
+        y = np.empty((batch, n_out), a_np.dtype)  # (B, N_out)
+        n_tiles = -(-n_out // FORWARD_COL_TILE)
+
+        def part(t0, t1):
+            for t in range(t0, t1):
+                k.forward_tile(y, b_np, wt, indptr, idx, vals, t * FORWARD_COL_TILE,
+                               min((t + 1) * FORWARD_COL_TILE, n_out), FORWARD_ROW_BLOCK)
+
+        _run_parts(part, n_tiles, threads)
+        ctx.save_for_backward(a, weight)
+        ctx.csr, ctx.m, ctx.threads = (indptr, idx, vals), m, threads
+        return torch.from_numpy(y)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        k = _kernels()
+        a, weight = ctx.saved_tensors
+        a_np = a.detach().numpy()  # (B, N_in)
+        wt = weight.detach().t().numpy()  # (N_in, N_out)
+        dy_np = dy.contiguous().numpy()  # (B, N_out)
+        n_in = a_np.shape[1]
+        grad_a = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            colptr, rows, tvals = k.transpose_csr(*ctx.csr, n_in)
+            dwt = np.empty(wt.shape, dy_np.dtype)  # (N_in, N_out): dW^T, written whole
+            _run_parts(lambda j0, j1: k.grad_weight_tile(dwt, dy_np, colptr, rows, tvals, j0, j1,
+                                                                WEIGHT_COL_TILE),
+                       n_in, ctx.threads)
+            grad_w = torch.from_numpy(dwt).t()  # (N_out, N_in), laid out like the weight
+        if ctx.needs_input_grad[2]:
+            grad_b = dy.sum(0)
+        if ctx.needs_input_grad[0]:
+            indptr, idx = k.active_csr(a_np, a_np.dtype.type(ctx.m))  # m in a's dtype, as the clip applied it
+            da = np.zeros(a_np.shape, dy_np.dtype)  # (B, N_in): 0 where phi' = 0
+            _run_parts(lambda j0, j1: k.grad_input_tile(da, dy_np, wt, indptr, idx, j0, j1, INPUT_COL_TILE,
+                                                               INPUT_ROW_BLOCK),
+                       n_in, ctx.threads)
+            grad_a = torch.from_numpy(da)
+        ctx.csr = None
+        return grad_a, grad_w, grad_b, None
+
+
+#: The cost model of :func:`sparse_pays`, in units of a dense multiply-add: the sparse kernels'
+#: cost per multiply-add they do, and their fixed cost per input entry (CSR building, the
+#: masks) and per weight (the dW^T write). Measured ratios on the 2-core CPU this project is
+#: developed on (benchmarks/train_step.py), not timings at run time.
+SPARSE_MAC_COST = 2.5
+SPARSE_ENTRY_COST = 8.0
+SPARSE_WEIGHT_COST = 1.0
+
+
+def sparse_pays(batch: int, n_in: int, n_out: int, density: float) -> bool:
+    """Whether the sparse kernels beat the dense ones for a layer of this shape whose input has
+    this fraction of nonzeros (the ``auto`` choice): compares three dense products with the
+    sparse kernels' multiply-adds and fixed costs in the units of :data:`SPARSE_MAC_COST`."""
+    dense = 3.0 * batch * n_in * n_out
+    sparse = (3.0 * SPARSE_MAC_COST * density * batch * n_in * n_out + SPARSE_ENTRY_COST * batch * n_in
+              + SPARSE_WEIGHT_COST * n_in * n_out)
+    return sparse < dense
+
+
+def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """The pre-activation of SparseMLP's hidden layers under its ``kernels`` choice."""
+    m = model.act.m
+
+    def pre_activation(layer: nn.Linear, x: Tensor, bias: Tensor) -> Tensor:
+        if (getattr(layer, "sparse_input", False) and torch.is_grad_enabled() and model.training
+                and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
+            if model.kernels == "sparse" or sparse_pays(x.shape[0], x.shape[1], layer.out_features,
+                                                        float(torch.count_nonzero(x)) / x.numel()):
+                return SparseLinearFunction.apply(x.contiguous(), layer.weight, bias, m)
+        return F.linear(x, layer.weight, bias)  # (B, out_features)
+
+    return pre_activation
+
+
+def set_kernels_(model, kernels: str):
+    """Choose the training kernels of a :class:`~sparse_eoc.nn.mlp.SparseMLP`, in place; returns it.
+
+    Args:
+        model: a SparseMLP (its ``hidden`` layers after the first take activations as input).
+        kernels: ``dense``, ``sparse`` or ``auto`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown choice, ``sparse`` without numba installed, or ``sparse`` for a
+            model that is not a SparseMLP (the message names ``--kernels``).
+    """
+    from sparse_eoc.nn.mlp import SparseMLP
+
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, got --kernels {kernels!r}")
+    if kernels == "sparse" and not isinstance(model, SparseMLP):
+        raise ValueError(f"--kernels sparse applies to the MLP only, not to a {type(model).__name__}; "
+                         "use --kernels dense or auto")
+    if kernels == "sparse" and not kernels_available():
+        raise ValueError("--kernels sparse needs numba (pip install 'sparse-eoc[fast]'); use --kernels dense")
+    if not isinstance(model, SparseMLP) or not kernels_available():
+        kernels = "dense"
+    model.kernels = kernels
+    for i, layer in enumerate(model.hidden):
+        layer.sparse_input = kernels != "dense" and i > 0
+        if layer.sparse_input and not layer.weight.t().is_contiguous():
+            with torch.no_grad():  # the same values, stored as W^T row-major
+                layer.weight = nn.Parameter(layer.weight.t().contiguous().t(),
+                                            requires_grad=layer.weight.requires_grad)
+    return model

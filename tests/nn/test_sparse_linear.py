@@ -1,0 +1,137 @@
+"""Tests for sparse_eoc/nn/sparse_linear.py: the sparse training kernels give dense autograd's gradients.
+
+Checked in float64 to 1e-10 for every activation, with pre-activations placed exactly on the
+kinks h = tau and h = tau + m (and their negatives for the two-sided ones), where the torch
+modules' derivative is 0.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparse_eoc.nn import SparseMLP
+from sparse_eoc.nn.sparse_linear import SparseLinearFunction, set_kernels_, sparse_pays
+
+pytest.importorskip("numba")
+
+# tau and m are binary fractions, so tau + m - tau == m exactly and the kinks are hit exactly.
+CASES = {"relu": (0.0, math.inf), "relu_tau": (0.5, math.inf), "st_tau": (0.5, math.inf),
+         "crelu": (0.5, 0.25), "cst": (0.5, 0.25)}
+
+
+def model_with_kinks(activation: str, *, seed: int = 0) -> SparseMLP:
+    """A depth-4 float64 MLP whose second layer puts units exactly on every kink for every input."""
+    tau, m = CASES[activation]
+    gen = torch.Generator().manual_seed(seed)
+    model = SparseMLP(12, 5, depth=4, width=16, activation=activation, tau=tau, m=m).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.8 + 0.1)
+        layer = model.hidden[1]
+        kinks = [tau, -tau] + ([tau + m, -(tau + m)] if math.isfinite(m) else [])
+        for unit, h in enumerate(kinks):  # h^2_unit = 0 . x + h exactly
+            layer.weight[unit].zero_()
+            layer.bias[unit] = h
+    return model
+
+
+def grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    F.cross_entropy(model(x), y).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}, x.grad
+
+
+@pytest.mark.parametrize("activation", list(CASES))
+def test_sparse_kernels_give_dense_autograds_gradients(activation):
+    dense = model_with_kinks(activation)
+    sparse = set_kernels_(copy.deepcopy(dense), "sparse")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 12, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (9,), generator=gen)
+    (g_dense, x_dense), (g_sparse, x_sparse) = grads(dense, x, y), grads(sparse, x, y)
+    assert g_dense.keys() == g_sparse.keys()
+    for name in g_dense:
+        torch.testing.assert_close(g_sparse[name], g_dense[name], rtol=0, atol=1e-10, msg=name)
+    torch.testing.assert_close(x_sparse, x_dense, rtol=0, atol=1e-10)
+    hidden = [h for h, _ in dense.hidden_states(x)]
+    tau, m = CASES[activation]
+    on_kink = (hidden[1] - tau).abs().eq(0) | (hidden[1] + tau).abs().eq(0)
+    assert on_kink.any()  # the kinks were hit
+    # the sparse layers ran: their weights are stored transposed and got transposed gradients
+    assert sparse.hidden[1].weight.t().is_contiguous() and g_sparse["hidden.1.weight"].shape == (16, 16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_function_alone_against_dense_products(dtype):
+    gen = torch.Generator().manual_seed(0)
+    m = 0.75
+    a = torch.relu(torch.randn(33, 70, generator=gen, dtype=dtype) - 1.0).clamp(max=m)  # (B, N_in)
+    a[0, :6] = m  # clipped: derivative 0
+    w = torch.randn(50, 70, generator=gen, dtype=dtype)
+    b = torch.randn(50, generator=gen, dtype=dtype)
+    g = torch.randn(33, 50, generator=gen, dtype=dtype)
+    a1, w1, b1 = a.clone().requires_grad_(True), w.t().contiguous().t().requires_grad_(True), b.clone().requires_grad_(True)
+    y1 = SparseLinearFunction.apply(a1, w1, b1, m)
+    y1.backward(g)
+    a2, w2, b2 = a.clone().requires_grad_(True), w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    F.linear(a2, w2, b2).backward(g)
+    tol = dict(rtol=0, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y1, F.linear(a, w, b), **tol)
+    torch.testing.assert_close(w1.grad, w2.grad, **tol)
+    torch.testing.assert_close(b1.grad, b2.grad, **tol)
+    active = (a != 0) & (a.abs() < m)
+    torch.testing.assert_close(a1.grad, a2.grad * active, **tol)
+    assert (a1.grad[~active] == 0).all()
+
+
+def test_two_threads_give_the_same_bits(monkeypatch):
+    model = model_with_kinks("crelu")
+    x = torch.randn(40, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.zeros(40, dtype=torch.long)
+    out = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        out[threads] = grads(set_kernels_(copy.deepcopy(model), "sparse"), x, y)[0]
+    assert all(torch.equal(out[1][k], out[2][k]) for k in out[1])
+
+
+def test_eval_and_no_grad_run_plain_torch_ops(monkeypatch):
+    model = set_kernels_(model_with_kinks("crelu"), "sparse")
+
+    def refuse(*args):
+        raise AssertionError("sparse kernels outside training")
+
+    monkeypatch.setattr(SparseLinearFunction, "apply", refuse)
+    x = torch.randn(4, 12, dtype=torch.float64)
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    model(x)
+
+
+def test_weights_keep_their_keys_shapes_and_values():
+    model = model_with_kinks("cst")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_kernels_(model, "sparse")
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) and before[k].shape == after[k].shape for k in before)
+
+
+def test_auto_picks_sparse_only_where_it_pays():
+    assert sparse_pays(128, 300, 300, 0.15) and sparse_pays(128, 4096, 4096, 0.15)
+    assert not sparse_pays(128, 4096, 4096, 0.9)
+    assert not sparse_pays(1, 8, 8, 0.15)  # tiny layers: the fixed costs win
+
+
+def test_bad_choices_name_the_option():
+    with pytest.raises(ValueError, match="--kernels must be one of dense, sparse, auto"):
+        set_kernels_(model_with_kinks("crelu"), "fast")
+    from sparse_eoc.nn import SparseCNN
+
+    with pytest.raises(ValueError, match="--kernels sparse applies to the MLP only"):
+        set_kernels_(SparseCNN(1, 10, 2, 4, "crelu", 0.5, 0.25), "sparse")
