@@ -30,6 +30,7 @@ from sparse_eoc.experiments.results import DIVERGED_CONVENTIONS
 from sparse_eoc.experiments.sweep import BACKENDS as SWEEP_BACKENDS
 from sparse_eoc.infer.bench import CACHE_PROTOCOLS
 from sparse_eoc.infer.engine import BACKENDS as ENGINE_BACKENDS
+from sparse_eoc.kernels import short_omp_spin
 from sparse_eoc.runs.config import (
     ACTIVATION_CHOICES,
     MODELS,
@@ -460,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             argv[i:i + 2] = [f"--rho={value}"]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("train", "sweep"):  # before torch is imported: see short_omp_spin
+        short_omp_spin()
     try:
         return args.func(args)
     except (ValueError, OSError) as err:  # bad input or unreachable data: one clear line, exit code 2

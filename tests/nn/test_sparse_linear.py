@@ -89,6 +89,9 @@ def test_the_function_alone_against_dense_products(dtype):
 
 
 def test_two_threads_give_the_same_bits(monkeypatch):
+    import sparse_eoc.nn.sparse_linear as sparse_linear
+
+    monkeypatch.setattr(sparse_linear, "PARALLEL_MIN_MACS", 1)  # split even these tiny products
     model = model_with_kinks("crelu")
     x = torch.randn(40, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     y = torch.zeros(40, dtype=torch.long)
@@ -135,3 +138,9 @@ def test_bad_choices_name_the_option():
 
     with pytest.raises(ValueError, match="--kernels sparse applies to the MLP only"):
         set_kernels_(SparseCNN(1, 10, 2, 4, "crelu", 0.5, 0.25), "sparse")
+
+
+def test_auto_stays_dense_for_products_too_small_to_split_across_threads():
+    # width 300 at 15 % density: pays on one thread, not against a 2-thread dense product
+    assert sparse_pays(128, 300, 300, 0.15, threads=1) and not sparse_pays(128, 300, 300, 0.15, threads=2)
+    assert sparse_pays(128, 4096, 4096, 0.15, threads=2)

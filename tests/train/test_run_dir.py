@@ -220,3 +220,18 @@ def test_a_tampered_checkpoint_is_named_not_a_traceback(tmp_path, mnist_subset_d
     torch.save({**good, "model": model}, run / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"checkpoint\.pt: does not fit this run"):
         train(config(mnist_subset_dir, epochs=2), run, progress=False, resume=True)
+
+
+@pytest.mark.slow
+def test_sparse_kernels_train_as_the_dense_ones_on_mnist(tmp_path, mnist_dir):
+    """Issue 12's end-to-end exactness: two epochs with --kernels sparse and with --kernels dense, same seed."""
+    pytest.importorskip("numba")
+    results = {}
+    for kernels in ("sparse", "dense"):
+        run_config = TrainConfig(activation="crelu", sparsity=0.85, slope=0.7, depth=8, width=256, epochs=2,
+                                 kernels=kernels, threads=2, data_dir=str(mnist_dir))
+        results[kernels] = train(run_config, tmp_path / kernels, progress=False)
+    sparse, dense = results["sparse"], results["dense"]
+    assert abs(sparse["test_accuracy"] - dense["test_accuracy"]) <= 0.003, (sparse, dense)
+    assert abs(sparse["test_sparsity"] - dense["test_sparsity"]) <= 0.002, (sparse, dense)
+    assert sparse["test_accuracy"] > 0.9

@@ -25,6 +25,7 @@ made contiguous as always); call it before the optimiser is built.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -42,8 +43,9 @@ __all__ = ["KERNEL_CHOICES", "SparseLinearFunction", "set_kernels_", "sparse_pay
 FORWARD_COL_TILE = 2048  # output columns per tile of the forward: the (B, T) tile of y
 FORWARD_ROW_BLOCK = 64  # weight rows per block of the forward, shared by the batch while in cache
 WEIGHT_COL_TILE = 4096  # columns per tile of dW^T: the (B, T) tile of dy every row j reads
-INPUT_COL_TILE = 512  # columns per tile of the input gradient's dot products
+INPUT_COL_TILE = 1024  # columns per tile of the input gradient's dot products
 INPUT_ROW_BLOCK = 16  # weight rows per block of the input gradient
+PARALLEL_MIN_MACS = 4_000_000  # multiply-adds per thread of a product below which it runs on one thread
 
 
 def kernels_available() -> bool:
@@ -104,21 +106,21 @@ class SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, weight: Tensor, bias: Tensor, m: float) -> Tensor:
         k = _kernels()
-        threads = torch.get_num_threads()
         a_np = a.detach().numpy()  # (B, N_in)
         wt = weight.detach().t().numpy()  # (N_in, N_out) row-major: W^T
         b_np = bias.detach().numpy()  # (N_out,)
         batch, n_out = a_np.shape[0], wt.shape[1]
         indptr, idx, vals = k.nonzero_csr(a_np)
+        # More threads only where each gets enough work to pay for waking it (a width-300 layer does not).
+        threads = max(1, min(torch.get_num_threads(), int(indptr[-1]) * n_out // PARALLEL_MIN_MACS))
         y = np.empty((batch, n_out), a_np.dtype)  # (B, N_out)
-        n_tiles = -(-n_out // FORWARD_COL_TILE)
+        def part(g0, g1):  # output columns 16 g0 .. 16 g1, in tiles
+            c_end = min(16 * g1, n_out)
+            for c0 in range(16 * g0, c_end, FORWARD_COL_TILE):
+                k.forward_tile(y, b_np, wt, indptr, idx, vals, c0, min(c0 + FORWARD_COL_TILE, c_end),
+                               FORWARD_ROW_BLOCK)
 
-        def part(t0, t1):
-            for t in range(t0, t1):
-                k.forward_tile(y, b_np, wt, indptr, idx, vals, t * FORWARD_COL_TILE,
-                               min((t + 1) * FORWARD_COL_TILE, n_out), FORWARD_ROW_BLOCK)
-
-        _run_parts(part, n_tiles, threads)
+        _run_parts(part, -(-n_out // 16), threads)  # in groups of 16 columns (64-byte lines)
         ctx.save_for_backward(a, weight)
         ctx.csr, ctx.m, ctx.threads = (indptr, idx, vals), m, threads
         return torch.from_numpy(y)
@@ -152,23 +154,25 @@ class SparseLinearFunction(torch.autograd.Function):
         return grad_a, grad_w, grad_b, None
 
 
-#: The cost model of :func:`sparse_pays`, in units of a dense multiply-add: the sparse kernels'
-#: cost per multiply-add they do, and their fixed cost per input entry (CSR building, the
-#: masks) and per weight (the dW^T write). Measured ratios on the 2-core CPU this project is
-#: developed on (benchmarks/train_step.py), not timings at run time.
-SPARSE_MAC_COST = 2.5
-SPARSE_ENTRY_COST = 8.0
-SPARSE_WEIGHT_COST = 1.0
+#: The cost model of :func:`sparse_pays`: a sparse training step costs about
+#: SPARSE_MAC_COST x density + SPARSE_FIXED_COST / sqrt(width) x sqrt(128 / batch) of the dense
+#: one (the fixed part: building the nonzero lists, the dW^T write, the Python around each
+#: kernel, which a narrow layer does not amortise). Fitted to whole-step ratios measured with
+#: benchmarks/train_step.py on the 2-core CPU this project is developed on, at batch 128:
+#: 0.79 and 1.11 at density 0.15 and 0.30 at width 300; 0.54 and 0.84 at width 1024; 0.41
+#: and 0.71 at width 4096. Constants, not timings at run time: a seed still fixes the run.
+SPARSE_MAC_COST = 2.0
+SPARSE_FIXED_COST = 7.5
 
 
-def sparse_pays(batch: int, n_in: int, n_out: int, density: float) -> bool:
+def sparse_pays(batch: int, n_in: int, n_out: int, density: float, threads: int = 1) -> bool:
     """Whether the sparse kernels beat the dense ones for a layer of this shape whose input has
-    this fraction of nonzeros (the ``auto`` choice): compares three dense products with the
-    sparse kernels' multiply-adds and fixed costs in the units of :data:`SPARSE_MAC_COST`."""
-    dense = 3.0 * batch * n_in * n_out
-    sparse = (3.0 * SPARSE_MAC_COST * density * batch * n_in * n_out + SPARSE_ENTRY_COST * batch * n_in
-              + SPARSE_WEIGHT_COST * n_in * n_out)
-    return sparse < dense
+    this fraction of nonzeros (the ``auto`` choice; see SPARSE_MAC_COST). With ``threads`` > 1 a
+    product too small to split (PARALLEL_MIN_MACS a thread) runs the kernels on one thread while
+    the dense one uses them all, so its cost counts ``threads`` times."""
+    fixed = SPARSE_FIXED_COST / math.sqrt(min(n_in, n_out)) * math.sqrt(128.0 / batch)
+    split = batch * n_in * n_out * density >= PARALLEL_MIN_MACS * threads
+    return (SPARSE_MAC_COST * density + fixed) * (1 if split else threads) < 1.0
 
 
 def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
@@ -179,7 +183,8 @@ def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]
         if (getattr(layer, "sparse_input", False) and torch.is_grad_enabled() and model.training
                 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
             if model.kernels == "sparse" or sparse_pays(x.shape[0], x.shape[1], layer.out_features,
-                                                        float(torch.count_nonzero(x)) / x.numel()):
+                                                        float(torch.count_nonzero(x)) / x.numel(),
+                                                        torch.get_num_threads()):
                 return SparseLinearFunction.apply(x.contiguous(), layer.weight, bias, m)
         return F.linear(x, layer.weight, bias)  # (B, out_features)
 
