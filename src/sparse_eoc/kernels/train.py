@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from sparse_eoc.kernels.rows import axpy_rows, csr_rows_tile
+from sparse_eoc.kernels.rows import axpy_rows, csr_rows_tile, to_csr
 
 __all__ = ["nonzero_csr", "active_csr", "transpose_csr", "forward_tile", "grad_weight_tile", "grad_input_tile"]
 
@@ -36,23 +36,11 @@ _U = np.uint64
 def nonzero_csr(a):
     """The nonzeros of a (B, N) as CSR (indptr (B + 1,), idx (nnz,), vals (nnz,)), rows ascending."""
     batch, n = a.shape
-    indptr = np.zeros(batch + 1, np.int64)
+    counts = np.zeros(batch, np.int64)
     for b in range(batch):
-        c = 0
         for j in range(n):
-            c += a[b, j] != 0
-        indptr[b + 1] = indptr[b] + c
-    idx = np.empty(indptr[batch], np.int64)
-    vals = np.empty(indptr[batch], a.dtype)
-    for b in range(batch):
-        k = indptr[b]
-        for j in range(n):
-            v = a[b, j]
-            if v != 0:
-                idx[k] = j
-                vals[k] = v
-                k += 1
-    return indptr, idx, vals
+            counts[b] += a[b, j] != 0
+    return to_csr(a, counts, True)
 
 
 @njit(cache=True, nogil=True)
