@@ -144,3 +144,12 @@ def test_auto_stays_dense_for_products_too_small_to_split_across_threads():
     # width 300 at 15 % density: pays on one thread, not against a 2-thread dense product
     assert sparse_pays(128, 300, 300, 0.15, threads=1) and not sparse_pays(128, 300, 300, 0.15, threads=2)
     assert sparse_pays(128, 4096, 4096, 0.15, threads=2)
+
+
+def test_a_weight_without_the_transposed_layout_still_gives_the_right_gradients():
+    gen = torch.Generator().manual_seed(3)
+    a = torch.relu(torch.randn(8, 20, generator=gen, dtype=torch.float64) - 0.5)
+    w = torch.randn(6, 20, generator=gen, dtype=torch.float64, requires_grad=True)  # contiguous (out, in)
+    b = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    SparseLinearFunction.apply(a, w, b, math.inf).sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones(8, 6, dtype=torch.float64).t() @ a, rtol=0, atol=1e-12)

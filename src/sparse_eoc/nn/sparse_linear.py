@@ -86,6 +86,13 @@ def _run_parts(fn: Callable[[int, int], None], n: int, threads: int) -> None:
         future.result()
 
 
+def _transposed(weight: Tensor) -> np.ndarray:
+    """W^T (N_in, N_out) row-major as a NumPy view of the weight's memory (a copy only if the
+    weight lost the layout ``set_kernels_`` gave it, e.g. replaced by a contiguous tensor)."""
+    wt = weight.detach().t()
+    return (wt if wt.is_contiguous() else wt.contiguous()).numpy()
+
+
 class SparseLinearFunction(torch.autograd.Function):
     """y = a W^T + bias with the exact sparse kernels; a (B, N_in) the previous layer's activation.
 
@@ -107,7 +114,7 @@ class SparseLinearFunction(torch.autograd.Function):
     def forward(ctx, a: Tensor, weight: Tensor, bias: Tensor, m: float) -> Tensor:
         k = _kernels()
         a_np = a.detach().numpy()  # (B, N_in)
-        wt = weight.detach().t().numpy()  # (N_in, N_out) row-major: W^T
+        wt = _transposed(weight)  # (N_in, N_out) row-major: W^T
         b_np = bias.detach().numpy()  # (N_out,)
         batch, n_out = a_np.shape[0], wt.shape[1]
         indptr, idx, vals = k.nonzero_csr(a_np)
@@ -130,7 +137,7 @@ class SparseLinearFunction(torch.autograd.Function):
         k = _kernels()
         a, weight = ctx.saved_tensors
         a_np = a.detach().numpy()  # (B, N_in)
-        wt = weight.detach().t().numpy()  # (N_in, N_out)
+        wt = _transposed(weight)  # (N_in, N_out)
         dy_np = dy.contiguous().numpy()  # (B, N_out)
         n_in = a_np.shape[1]
         grad_a = grad_w = grad_b = None
