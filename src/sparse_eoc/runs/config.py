@@ -194,7 +194,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {name}={getattr(self, name)!r}")
 
         for f in fields(self):  # every type, for what the checks above leave (a JSON file may hold "0.85")
-            _check_type(f.name, getattr(self, f.name), _HINTS[f.name])
+            _check_type(f.name, getattr(self, f.name))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -231,26 +231,36 @@ class TrainConfig:
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
-def _check_type(name: str, value: Any, hint: Any) -> None:
+def setting_type(name: str) -> type:
+    """The value type of a setting: bool, int, float or str (``None`` aside)."""
+    args = typing.get_args(_HINTS[name])
+    return ([a for a in args if a is not type(None)] if args else [_HINTS[name]])[0]
+
+
+def _optional(name: str) -> bool:
+    """Whether the setting may be None."""
+    return type(None) in typing.get_args(_HINTS[name])
+
+
+def _check_type(name: str, value: Any) -> None:
     """Refuse a value of the wrong JSON type for the field ``name`` (ranges are checked after)."""
-    args = typing.get_args(hint)
-    kinds = [a for a in args if a is not type(None)] if args else [hint]
+    kind = setting_type(name)
     if value is None:
-        if type(None) in args:
+        if _optional(name):
             return
-    elif kinds[0] is bool:
+    elif kind is bool:
         if isinstance(value, bool):
             return
-    elif kinds[0] is int:
+    elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return
-    elif kinds[0] is float:
+    elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return
-    elif isinstance(value, kinds[0]):
+    elif isinstance(value, kind):
         return
-    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kinds[0]]
-    raise ValueError(f"{name} must be {expected}{' or null' if type(None) in args else ''}, "
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+    raise ValueError(f"{name} must be {expected}{' or null' if _optional(name) else ''}, "
                      f"got {name}={value!r} ({type(value).__name__})")
 
 
@@ -311,24 +321,15 @@ def check_same_settings(saved: Mapping[str, Any], config: TrainConfig, where: st
         raise ValueError(f"cannot resume {where}: its settings differ in {', '.join(differing)} ({details})")
 
 
-def setting_type(name: str) -> type:
-    """The value type of a setting: bool, int, float or str (``None`` aside)."""
-    args = typing.get_args(_HINTS[name])
-    return ([a for a in args if a is not type(None)] if args else [_HINTS[name]])[0]
-
-
 def option_name(setting: str) -> str:
     """The command-line option of a setting: ``batch_size`` -> ``--batch-size``."""
     return "--" + setting.replace("_", "-")
 
 
-def _parse_value(key: str, text: str, hint: Any) -> Any:
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    kinds = [a for a in args if a is not type(None)] if args else [hint]
+def _parse_value(key: str, text: str) -> Any:
+    optional, kind = _optional(key), setting_type(key)
     if optional and text.strip().lower() in ("none", "null"):
         return None
-    kind = kinds[0]
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("true", "1", "yes", "on"):
@@ -365,7 +366,7 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
         if key not in _HINTS:
             raise ValueError(f"--set {item}: unknown setting {key!r}; valid keys: "
                              f"{', '.join(f.name for f in fields(TrainConfig))}")
-        out[key] = _parse_value(key, text, _HINTS[key])
+        out[key] = _parse_value(key, text)
     return out
 
 
