@@ -91,14 +91,14 @@ def test_eoc_with_m_and_q_star(capsys):
 
 RESULT_KEYS = {"status", "test_accuracy", "train_sparsity", "test_sparsity", "layer_sparsity",
                "epochs_completed", "wall_seconds"}
-PROPAGATE_KEYS = {"layer", "q_median", "q_p10", "q_p90", "sparsity", "q_theory", "blown_up_at_layer"}
+PROPAGATE_KEYS = {"layer", "q_median", "q_p10", "q_p90", "sparsity", "q_theory", "blown_up_at_layer", "sparsity_theory"}
 
 
 def test_propagate_json_relu_tau_blows_up(capsys):
     out = run_json(capsys, ["propagate", "--activation", "relu_tau", "--sparsity", "0.85", "--depth", "100",
                             "--width", "100", "--seeds", "3", "--batch-size", "16", "--json"])
     assert set(out) == PROPAGATE_KEYS and out["layer"] == list(range(1, 101))
-    assert all(len(out[k]) == 100 for k in PROPAGATE_KEYS - {"blown_up_at_layer"})
+    assert all(len(out[k]) == 100 for k in PROPAGATE_KEYS - {"blown_up_at_layer", "sparsity_theory"})
     assert out["blown_up_at_layer"] is not None or out["q_median"][-1] > 1e6
 
 

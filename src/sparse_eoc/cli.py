@@ -6,7 +6,8 @@
                          --epochs E --data-dir DIR --out RUN   (or --config RUN/config.json)
     sparse-eoc train     --resume RUN [--device D] [--threads T] [--no-progress]
     sparse-eoc propagate --activation A --sparsity S [--slope V | --m M]
-                         [--model mlp --width N | --model cnn --channels C] --depth L --seeds K [--json]
+                         [--model mlp|resmlp --width N | --model cnn|rescnn --channels C] --depth L --seeds K
+                         [--residual-scale A] [--thresholds per-layer|fixed] [--json]
     sparse-eoc figures   --out DIR [--only N]
     sparse-eoc report    DIR --out REPORT [--cells SPEC ...] [--diverged chance|last|exclude]
     sparse-eoc sweep     --experiment NAME --preset P --data-dir DATA --out DIR [--workers K]
@@ -16,7 +17,8 @@
     sparse-eoc infer     --run RUN --data-dir DIR [--batch-size B] [--strategy S] [--threads T] [--json]
     sparse-eoc bench-inference --data-dir DIR [--widths 300,1024,4096] [--batches 1,8,64]
                          [--sparsities 0.5,0.7,0.85,0.9] [--repeats R] [--threads T] [--cache warm|cold]
-                         [--json] [--out FILE]
+                         [--baselines torch,ort] [--check-threads] [--json] [--out FILE]
+    sparse-eoc bench-inference --model cnn --data-dir DIR [--channels 32,300] [--depth 10] [--batches 1,8]
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from sparse_eoc.infer.engine import BACKENDS as ENGINE_BACKENDS
 from sparse_eoc.kernels import short_omp_spin
 from sparse_eoc.runs.config import (
     ACTIVATION_CHOICES,
+    DENSE_MODELS,
     MODELS,
     PADDING_MODES,
+    RESIDUAL_MODELS,
+    THRESHOLD_CHOICES,
     TrainConfig,
     layer_settings,
     option_name,
@@ -148,28 +153,36 @@ def _propagate_command(args: argparse.Namespace) -> int:
 
         data = load_mnist(args.data_dir)
         x = torch.from_numpy(data.x_test[: args.batch_size])  # (B, H*W)
-        inputs = x if args.model == "mlp" else x.reshape(len(x), *data.image_shape)  # (B, 1, H, W)
+        inputs = x if args.model in DENSE_MODELS else x.reshape(len(x), *data.image_shape)  # (B, 1, H, W)
+    residual = args.model in RESIDUAL_MODELS
+    if not residual and (args.residual_scale is not None or args.thresholds is not None):
+        raise ValueError(f"--residual-scale and --thresholds apply to --model resmlp or rescnn, not {args.model}")
     result = propagate(
         args.activation, args.sparsity, q_star=args.q_star, m=args.m, slope=args.slope, model=args.model,
         width=args.width, channels=args.channels, kernel_size=args.kernel_size, padding_mode=args.padding_mode,
         image_size=args.image_size, depth=args.depth, seeds=args.seeds, batch_size=args.batch_size,
-        inputs=inputs, seed=args.seed, device=args.device,
+        inputs=inputs, seed=args.seed, device=args.device, residual_scale=args.residual_scale,
+        thresholds=args.thresholds or "per-layer",
     )
     if args.json:
         print(json.dumps(result.to_dict(), allow_nan=False))
         return 0
-    print(f"{args.model}, {args.activation}, depth {args.depth}, {args.seeds} seeds: empirical q^l vs theory")
-    print(f"  {'layer':>5} {'q median':>11} {'q p10':>11} {'q p90':>11} {'sparsity':>9} {'q theory':>11}")
-    step = 1 if args.depth <= 20 else max(1, args.depth // 20)
+    thresholds = f", {args.thresholds or 'per-layer'} thresholds" if residual else ""
+    print(f"{args.model}, {args.activation}, depth {args.depth}{thresholds}, {args.seeds} seeds: "
+          "empirical q^l vs theory" + (" (one row per activation site, the head last)" if residual else ""))
+    print(f"  {'layer':>5} {'q median':>11} {'q p10':>11} {'q p90':>11} {'sparsity':>9} {'q theory':>11} "
+          f"{'s theory':>9}")
+    last = len(result.layer)
+    step = 1 if last <= 20 else max(1, last // 20)
     for i, layer in enumerate(result.layer):
-        if i % step and layer != args.depth:
+        if i % step and layer != last:
             continue
         row = [result.q_median[i], result.q_p10[i], result.q_p90[i]]
         cells = " ".join(f"{'overflow' if v is None else f'{v:.4g}':>11}" for v in row)
         sp = result.sparsity[i]
         theory = result.q_theory[i]
         print(f"  {layer:>5} {cells} {'n/a' if sp is None else f'{sp:.4f}':>9} "
-              f"{'overflow' if theory is None else f'{theory:.4g}':>11}")
+              f"{'overflow' if theory is None else f'{theory:.4g}':>11} {result.sparsity_theory[i]:>9.4f}")
     blown = result.blown_up_at_layer
     print(f"  blown up at layer {blown} (median q > 1e30)" if blown else "  never blew up")
     return 0
@@ -304,21 +317,64 @@ def _infer_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_cnn_command(args: argparse.Namespace, log) -> int:
+    """``bench-inference --model cnn``: :func:`sparse_eoc.infer.bench_cnn.run_cnn_benchmark` over ``--channels``."""
+    from sparse_eoc.infer.bench import check_baselines
+    from sparse_eoc.infer.bench_cnn import (DEFAULT_CHANNELS, DEFAULT_CNN_BATCHES, DEFAULT_CNN_DEPTH,
+                                            run_cnn_benchmark)
+    from sparse_eoc.jsonio import to_json_safe, write_json
+
+    if args.check_threads or args.cache != "warm":
+        raise ValueError("--check-threads and --cache cold apply to --model mlp only")
+    baselines = None if args.baselines is None else check_baselines(args.baselines)
+    rows = run_cnn_benchmark(
+        args.data_dir, channels=DEFAULT_CHANNELS if args.channels is None else args.channels,
+        depth=DEFAULT_CNN_DEPTH if args.depth is None else args.depth,
+        batches=DEFAULT_CNN_BATCHES if args.batches is None else args.batches, sparsities=args.sparsities,
+        repeats=args.repeats,
+        threads=args.threads, slope=args.slope, strategy=args.strategy, backend=args.backend, seed=args.seed,
+        ort=None if baselines is None else "ort" in baselines, log=log)
+    if args.out:
+        write_json(args.out, rows)
+    if args.json:
+        print(json.dumps(to_json_safe(rows), allow_nan=False))
+    return 0
+
+
 def _bench_inference_command(args: argparse.Namespace) -> int:
-    from sparse_eoc.infer.bench import check_output_file, run_benchmark
+    from sparse_eoc.infer.bench import (THREAD_CHECK_LIMIT, check_baselines, check_output_file, check_threads,
+                                        run_benchmark)
+    from sparse_eoc.infer.ort import ort_unavailable_reason, ort_version
     from sparse_eoc.jsonio import to_json_safe, write_json
 
     if args.out:
         check_output_file(args.out, "--out")  # now, not after the whole grid has run
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    rows = run_benchmark(args.data_dir, widths=args.widths, depth=args.depth, batches=args.batches,
-                         sparsities=args.sparsities, repeats=args.repeats, threads=args.threads,
-                         slope=args.slope, strategy=args.strategy, backend=args.backend, seed=args.seed,
-                         cache=args.cache, log=log)
+    if args.model == "cnn":
+        return _bench_cnn_command(args, log)
+    args.batches = [1, 8, 64] if args.batches is None else args.batches
+    grid = {"widths": args.widths, "depth": args.depth, "batches": args.batches, "sparsities": args.sparsities,
+            "repeats": args.repeats, "threads": args.threads, "slope": args.slope, "backend": args.backend,
+            "seed": args.seed}
+    if args.check_threads:
+        rows = check_threads(args.data_dir, **grid, log=log)
+    else:
+        baselines = check_baselines(args.baselines)
+        if "ort" in baselines:
+            log(f"ONNX Runtime {ort_version()}")
+        elif args.baselines is None:
+            print(f"note: no ONNX Runtime column: {ort_unavailable_reason()}", file=sys.stderr)
+        rows = run_benchmark(args.data_dir, **grid, strategy=args.strategy, cache=args.cache, baselines=baselines,
+                             log=log)
     if args.out:
         write_json(args.out, rows)
     if args.json:
         print(json.dumps(to_json_safe(rows), allow_nan=False))
+    failed = [row for row in rows if not row.get("ok", True)]
+    if failed:
+        print(f"sparse-eoc bench-inference: thread check FAILED: {len(failed)} of {len(rows)} cases took more than "
+              f"{THREAD_CHECK_LIMIT:g}x one thread's time on {args.threads} threads, in every timing", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -365,7 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--padding-mode", choices=PADDING_MODES, default="circular",
                    help="CNN padding (default circular, as in the mean-field theory)")
     p.add_argument("--image-size", type=int, default=8, help="side of the random CNN input images (default 8)")
-    p.add_argument("--depth", type=int, default=100, help="hidden layers (default 100)")
+    p.add_argument("--depth", type=int, default=100, help="hidden layers, or residual blocks (default 100)")
+    p.add_argument("--residual-scale", type=float, help="branch scale alpha of resmlp/rescnn (default 1 / sqrt(depth))")
+    p.add_argument("--thresholds", choices=THRESHOLD_CHOICES,
+                   help="resmlp/rescnn: per-layer (default; the sparsity held at every site) or fixed (tau of q*)")
     p.add_argument("--seeds", type=int, default=8, help="random networks drawn (default 8)")
     p.add_argument("--batch-size", type=int, default=64, help="inputs per network (default 64)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
@@ -391,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report_command)
 
     p = sub.add_parser("sweep", help="run (or resume) every run of a named experiment, locally or on Ray")
-    p.add_argument("--experiment", required=True, help="dnn-table or cnn-table (see: sparse-eoc experiments)")
-    p.add_argument("--preset", required=True, help="paper, cpu or smoke")
+    p.add_argument("--experiment", required=True,
+                   help="dnn-table, cnn-table or qstar-table (see: sparse-eoc experiments)")
+    p.add_argument("--preset", required=True, help="one of the experiment's presets, e.g. paper, cpu or smoke")
     p.add_argument("--data-dir", help="directory with the dataset's files")
     p.add_argument("--out", required=True, help="sweep directory: DIR/sweep.json and DIR/runs/<name>/")
     p.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
@@ -412,40 +472,59 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiments", help="list the named experiments, their presets, runs and estimated time")
     p.set_defaults(func=_experiments_command)
 
-    from sparse_eoc.infer.plan import STRATEGY_CHOICES  # NumPy only
+    from sparse_eoc.infer.cnn_plan import CONV_STRATEGY_CHOICES  # NumPy only
+    from sparse_eoc.infer.plan import STRATEGY_CHOICES
 
-    p = sub.add_parser("infer", help="a trained MLP run's test set through the sparse engine and the dense model")
-    p.add_argument("--run", required=True, help="an MLP run directory (config.json, model.safetensors)")
+    ALL_STRATEGY_CHOICES = list(dict.fromkeys((*STRATEGY_CHOICES, *CONV_STRATEGY_CHOICES)))  # MLP's, then "sparse"
+
+    p = sub.add_parser("infer", help="a trained MLP or CNN run's test set through the sparse engine and the dense "
+                                     "model")
+    p.add_argument("--run", required=True, help="an MLP or CNN run directory (config.json, model.safetensors)")
     p.add_argument("--data-dir", required=True, help="directory with the run's dataset files")
     p.add_argument("--batch-size", type=int, default=1, help="examples per call (default 1)")
-    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto",
-                   help="how each layer skips zeros (default auto: chosen per layer by a cost model)")
+    p.add_argument("--strategy", choices=ALL_STRATEGY_CHOICES, default="auto",
+                   help="how each layer skips zeros (default auto: chosen per layer by a cost model); "
+                        "MLP: dense, gather, union, csr; CNN: dense, sparse")
     p.add_argument("--threads", type=int, default=1, help="engine and torch threads (default 1)")
     p.add_argument("--backend", choices=ENGINE_BACKENDS, default="auto",
-                   help="auto (numba when installed; pip install 'sparse-eoc[fast]'), numba or numpy")
+                   help="auto (numba when installed; pip install 'numba>=0.60'), numba or numpy")
     p.add_argument("--limit", type=int, help="only the first N test examples")
     p.add_argument("--repeats", type=int, default=1, help="timed passes over the data, median (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_infer_command)
 
     p = sub.add_parser("bench-inference",
-                       help="time dense PyTorch vs the sparse engine on EoC CReLU MLPs with MNIST inputs")
+                       help="time dense PyTorch vs the sparse engine on EoC CReLU MLPs or CNNs with MNIST inputs")
     p.add_argument("--data-dir", required=True, help="MNIST-format directory (its test images are the inputs)")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp (default): --widths; cnn: --channels, 3 x 3 zero-padded convs, against torch and ONNX "
+                        "Runtime")
+    p.add_argument("--channels", type=_int_list,
+                   help="CNN: comma-separated channel counts (default 32,300: cnn-mnist-cpu's and the paper's)")
     p.add_argument("--widths", type=_int_list, default=[300, 1024, 4096],
                    help="comma-separated widths (default 300,1024,4096)")
-    p.add_argument("--depth", type=int, help="hidden layers for every width (default: 100 at width 300, else 8)")
-    p.add_argument("--batches", type=_int_list, default=[1, 8, 64], help="comma-separated batch sizes (1,8,64)")
+    p.add_argument("--depth", type=int,
+                   help="hidden layers for every width (default: 100 at width 300, else 8); CNN: conv layers (10)")
+    p.add_argument("--batches", type=_int_list, help="comma-separated batch sizes (default 1,8,64; CNN 1,8)")
     p.add_argument("--sparsities", type=_float_list, default=[0.5, 0.7, 0.85, 0.9],
                    help="comma-separated target sparsities (default 0.5,0.7,0.85,0.9)")
     p.add_argument("--slope", type=float, default=0.7, help="V'(q*) of CReLU at the EoC (default 0.7)")
     p.add_argument("--repeats", type=int, default=20, help="timed repeats per row, median (default 20)")
     p.add_argument("--threads", type=int, default=1, help="engine and torch threads (default 1)")
-    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto", help="engine strategy (default auto)")
+    p.add_argument("--strategy", choices=ALL_STRATEGY_CHOICES, default="auto",
+                   help="engine strategy (default auto; MLP: dense, gather, union, csr; CNN: dense, sparse)")
     p.add_argument("--backend", choices=ENGINE_BACKENDS, default="auto", help="engine backend")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     p.add_argument("--cache", choices=CACHE_PROTOCOLS, default="warm",
                    help="warm (default): each timed call follows an untimed call of the same method (steady-state "
                         "serving); cold: the caches are flushed before each timed call (weights from memory)")
+    p.add_argument("--baselines", type=lambda v: [n for n in v.split(",") if n],
+                   help="comma-separated dense baselines from torch, ort (ONNX Runtime; pip install "
+                        "'sparse-eoc[bench]') (default: both when ONNX Runtime is installed, else torch)")
+    p.add_argument("--check-threads", action="store_true",
+                   help="instead: the thread check, the engine on --threads (>= 2) threads against one, every "
+                        "strategy, over the grid given (e.g. --widths 300 --batches 64 --sparsities 0.85); exit "
+                        "code 1 when more threads take more than 1.5x one thread's time")
     p.add_argument("--out", help="also write the rows as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON array (the table goes to stderr)")
     p.set_defaults(func=_bench_inference_command)

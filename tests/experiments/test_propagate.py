@@ -7,6 +7,8 @@ without bound. Observed here: crelu/cst medians 0.92-0.96 (every seed in
 [0.77, 1.13]); relu_tau at s = 0.85 median ~1e45.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,69 @@ def test_propagate_names_the_option_and_refuses_what_cannot_fit(argv, message, c
     assert main(["propagate", "--activation", "crelu", "--sparsity", "0.85", "--seeds", "1", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("name, s, slope", [("crelu", 0.85, 0.7), ("relu_tau", 0.85, None)])
+def test_resmlp_per_layer_thresholds_hold_the_sparsity_at_every_site(name, s, slope):
+    """docs/theory.md section 8.3: q^l = q* (1 + 1/L)^(l-1) and sparsity s at all L + 1 sites. The
+    median of five width-300 networks stays within 25 % of q^l (per network the relative error is
+    about sqrt(2 / 300) = 0.08 from the stem's shared biases, plus the drift of the unit sample the
+    sites share; observed: 0.97-1.06); the sparsity within the issue's 0.03 (observed: 0.006).
+    ReLU_tau, which blows up in the plain network above, holds: each block adds 1/L of a layer."""
+    result = propagate(name, s, slope=slope, model="resmlp", depth=DEPTH, width=WIDTH, seeds=SEEDS,
+                       batch_size=BATCH)
+    assert result.layer == list(range(1, DEPTH + 2)) and result.blown_up_at_layer is None
+    np.testing.assert_allclose(result.q_theory, (1 + 1 / DEPTH) ** np.arange(DEPTH + 1), rtol=1e-12)
+    np.testing.assert_allclose(result.sparsity_theory, 0.85, atol=1e-12)
+    np.testing.assert_allclose(np.array(result.q_median) / np.array(result.q_theory), 1.0, atol=0.25)
+    np.testing.assert_allclose(result.sparsity, 0.85, atol=0.03)
+
+
+def test_resmlp_fixed_thresholds_drift_as_the_theory_says():
+    """With the EoC point of q* at every site the sparsity falls to 0.748 at the head (docs/theory.md
+    section 8.4), and the networks follow the predicted drift site by site within 0.03."""
+    result = propagate("crelu", 0.85, slope=0.7, model="resmlp", depth=DEPTH, width=WIDTH, seeds=SEEDS,
+                       batch_size=BATCH, thresholds="fixed")
+    assert result.sparsity_theory[0] == pytest.approx(0.85, abs=1e-12)
+    assert result.sparsity_theory[-1] == pytest.approx(0.748, abs=1e-3)
+    np.testing.assert_allclose(result.sparsity, result.sparsity_theory, atol=0.03)
+    assert result.sparsity[-1] < 0.8
+
+
+def test_residual_theory_starts_each_given_input_at_its_own_variance():
+    """Given inputs: the theory column is the mean over inputs of the residual recursion from each
+    input's q^1_i, as for the plain networks."""
+    from sparse_eoc.gp import residual_init, residual_variances
+
+    depth, n0 = 6, 40
+    x = torch.randn(3, n0, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x *= torch.sqrt(torch.tensor([[0.5], [1.0], [1.5]], dtype=torch.float64) / (x**2).mean(dim=1, keepdim=True))
+    result = propagate("cst", 0.85, slope=0.7, model="resmlp", depth=depth, width=30, seeds=1, inputs=x,
+                       residual_scale=0.5, thresholds="fixed")
+    point = solve_eoc("cst", 0.85, slope=0.7)
+    init = residual_init(point, depth, residual_scale=0.5, thresholds="fixed")
+    q1 = (1.0 - point.sigma_b2) * np.array([0.5, 1.0, 1.5]) + point.sigma_b2
+    np.testing.assert_allclose(result.q_theory, residual_variances(q1, init)[0].mean(axis=1), rtol=1e-12)
+    assert len(result.sparsity_theory) == depth + 1
+
+
+def test_rescnn_propagates_with_two_sites_per_block():
+    result = propagate("crelu", 0.85, slope=0.7, model="rescnn", depth=3, channels=16, image_size=6, seeds=1,
+                       batch_size=4)
+    assert len(result.layer) == 7 and len(result.q_theory) == 7
+    np.testing.assert_allclose(result.sparsity_theory, 0.85, atol=1e-12)
+
+
+def test_propagate_cli_residual_options(capsys):
+    from sparse_eoc.cli import main
+
+    argv = ["propagate", "--activation", "crelu", "--sparsity", "0.85", "--model", "resmlp", "--depth", "4",
+            "--width", "20", "--seeds", "1", "--batch-size", "4", "--thresholds", "fixed", "--residual-scale", "0.5"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["layer"]) == 5 and out["sparsity_theory"][-1] < out["sparsity_theory"][0]
+    assert main(argv) == 0
+    assert "fixed thresholds" in capsys.readouterr().out
+    assert main(["propagate", "--activation", "crelu", "--sparsity", "0.85", "--seeds", "1", "--thresholds",
+                 "fixed"]) == 2
+    assert "--residual-scale and --thresholds apply to --model resmlp or rescnn" in capsys.readouterr().err

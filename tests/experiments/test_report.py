@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from dataset_files import write_idx
 
 from sparse_eoc.cli import main
 from sparse_eoc.experiments.report import (
     build_table,
+    draw_accuracy_vs_qstar,
     draw_layer_stats,
     draw_loss_curves,
     load_runs,
@@ -22,6 +25,7 @@ from sparse_eoc.experiments.report import (
     table_markdown,
     write_report,
 )
+from sparse_eoc.experiments.sweep import run_sweep
 from sparse_eoc.gp import bifurcation_m, solve_eoc
 
 DEPTH = 4
@@ -31,13 +35,16 @@ def write_run(root: Path, name: str, *, activation: str, sparsity: float | None 
               seed: int = 0, accs: list[float] = (), losses: list[float] | None = None, status: str | None = "completed",
               sparsities: tuple[float, float] = (0.8, 0.8), partial_loss: float | None = None,
               grad_norms: list[list[float]] | None = None, preact_vars: list[list[float]] | None = None,
-              steps_before_divergence: dict[int, list[float]] | None = None, **settings) -> Path:
+              steps_before_divergence: dict[int, list[float]] | None = None, q_star: float = 1.0,
+              m: float | None = None, val_accs: list[float] | None = None, **settings) -> Path:
     """A run directory as ``sparse_eoc.train.train`` writes it, with made-up numbers.
 
-    ``accs``: test accuracy per completed epoch; ``status`` None leaves out result.json (unfinished).
+    ``accs``: test accuracy per completed epoch; ``val_accs``: validation accuracy per completed
+    epoch (then ``val_size`` is 50); ``status`` None leaves out result.json (unfinished).
     """
-    point = solve_eoc(activation, sparsity, 1.0, slope=slope)
-    config = {"activation": activation, "sparsity": sparsity, "slope": slope, "m": None, "q_star": 1.0,
+    point = solve_eoc(activation, sparsity, q_star, slope=slope, m=m)
+    val = {"val_size": 50} if val_accs is not None else {}
+    config = {"activation": activation, "sparsity": sparsity, "slope": slope, "m": m, "q_star": q_star, **val,
               "model": "mlp", "depth": DEPTH, "width": 16, "channels": 32, "epochs": 3, "lr": 1e-3, "seed": seed,
               "data_dir": f"/data/{seed}", "device": "cpu", "threads": None, "preset": None, **settings,
               "eoc": point.to_dict(), "network": {"kind": "mlp", "num_classes": 10, "depth": DEPTH},
@@ -55,6 +62,8 @@ def write_run(root: Path, name: str, *, activation: str, sparsity: float | None 
             line["layer_grad_norm"] = grad_norms[i]
         if preact_vars is not None:
             line["layer_preact_var"] = preact_vars[i]
+        if val_accs is not None:
+            line["val_accuracy"] = val_accs[i]
         lines.append(json.dumps(line))
     (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
     if status is None:
@@ -63,6 +72,8 @@ def write_run(root: Path, name: str, *, activation: str, sparsity: float | None 
     result = {"status": status, "test_accuracy": last, "train_sparsity": sparsities[0] if accs else None,
               "test_sparsity": sparsities[1] if accs else None, "layer_sparsity": None,
               "epochs_completed": len(accs), "diverged": None}
+    if val_accs is not None:
+        result["val_accuracy"] = val_accs[-1] if accs else None
     if status == "diverged":
         result["diverged"] = {"epoch": len(accs) + 1, "step": 7, "loss": None, "recent_losses": [3.0, 1e30],
                               "partial_train_loss": partial_loss, "partial_train_sparsity": None}
@@ -424,3 +435,145 @@ def test_the_matplotlib_check_sees_it_when_it_is_imported():
     code = "import sys, sparse_eoc.experiments.report_figures; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+# ------------------------------------------------------------------ q* and validation (qstar-table)
+
+
+@pytest.fixture
+def qsweep(tmp_path) -> Path:
+    """Runs over q* with a validation split: ReLU at q* = 1; CReLU s = 0.9 with V'(q*) = 0.7 at q* 1
+    and 16 (2 seeds each), with m = 1 at q* 16 and m = 0.25 at q* 1; a readout control at q* 1
+    (readout_lr_scale 16); one seed of the m = 1 cell diverged after an epoch."""
+    root = tmp_path / "qsweep"
+    root.mkdir()
+    common = {"sparsities": (0.9, 0.88)}
+    write_run(root, "relu", activation="relu", accs=[0.9, 0.96], val_accs=[0.9, 0.95], sparsities=(0.5, 0.5))
+    for seed, (val1, val16) in enumerate([(0.60, 0.80), (0.70, 0.84)]):
+        write_run(root, f"v07-q1-{seed}", activation="crelu", sparsity=0.9, slope=0.7, seed=seed, accs=[0.5, 0.6],
+                  val_accs=[0.5, val1], **common)
+        write_run(root, f"v07-q16-{seed}", activation="crelu", sparsity=0.9, slope=0.7, q_star=16.0, seed=seed,
+                  accs=[0.7, 0.8], val_accs=[0.7, val16], **common)
+    write_run(root, "m1-q16-0", activation="crelu", sparsity=0.9, m=1.0, q_star=16.0, accs=[0.9, 0.93],
+              val_accs=[0.9, 0.92], sparsities=(0.91, 0.9))
+    write_run(root, "m1-q16-1", activation="crelu", sparsity=0.9, m=1.0, q_star=16.0, seed=1, accs=[0.5],
+              val_accs=[0.52], status="diverged", partial_loss=9.0)
+    write_run(root, "m025-q1", activation="crelu", sparsity=0.9, m=0.25, accs=[0.88, 0.9], val_accs=[0.88, 0.91],
+              sparsities=(0.9, 0.9))
+    write_run(root, "readout", activation="crelu", sparsity=0.9, slope=0.7, accs=[0.7, 0.75], val_accs=[0.7, 0.77],
+              readout_lr_scale=16.0, **common)
+    return root
+
+
+def test_the_table_shows_q_star_and_the_validation_accuracy(qsweep):
+    rows = build_table(load_runs(qsweep))
+    v07 = [r for r in rows if r["activation"] == "crelu" and r["slope"] == pytest.approx(0.7)
+           and r["readout_lr_scale"] != 16.0]
+    assert [r["q_star"] for r in v07] == [1.0, 16.0]
+    assert v07[0]["val_accuracy_mean"] == pytest.approx(0.65) and v07[0]["val_accuracy_std"] == pytest.approx(
+        math.sqrt(2 * 0.05 ** 2))
+    assert v07[1]["val_accuracy_mean"] == pytest.approx(0.82) and v07[1]["test_accuracy_mean"] == pytest.approx(0.8)
+    m1 = next(r for r in rows if r["q_star"] == 16.0 and r["m"] == pytest.approx(1.0))
+    assert m1["val_accuracy_mean"] == pytest.approx((0.92 + 0.1) / 2)  # the diverged seed at chance
+    assert build_table(load_runs(qsweep), diverged="last")[rows.index(m1)]["val_accuracy_mean"] == pytest.approx(
+        (0.92 + 0.52) / 2)  # its last completed epoch's
+    text = table_markdown(rows)
+    header = next(line for line in text.splitlines() if line.startswith("| activation"))
+    assert "| q_star |" in header and "| val acc | test acc |" in header and "| readout_lr_scale |" in header
+    md = _md_table(text)
+    assert md[0]["activation"] == "relu" and md[0]["val acc"] == "0.9500"
+    assert "choose settings on it" in text
+    parsed = list(csv.DictReader(table_csv(rows).splitlines()))
+    assert float(parsed[0]["val_accuracy_mean"]) == pytest.approx(0.95)
+
+
+def test_no_validation_column_without_a_validation_split(sweep):
+    rows = build_table(load_runs(sweep))
+    assert all(r["val_accuracy_mean"] is None for r in rows)
+    assert "val acc" not in table_markdown(rows)
+
+
+def _legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_the_q_star_figure_draws_one_line_per_clip_reading(qsweep):
+    fig = draw_accuracy_vs_qstar(load_runs(qsweep))
+    top, bottom = [a for a in fig.axes if a.get_visible()]
+    assert top.get_ylabel() == "validation accuracy" and bottom.get_ylabel() == "test sparsity"
+    assert top.get_xscale() == "log" and [t.get_text() for t in top.get_xticklabels()] == ["1", "16"]
+    labels = _legend(bottom)  # one legend for both panels
+    assert labels[0].startswith("ReLU: 0.9500")
+    assert labels[1:] == ["V'(q*) = 0.7", "V'(q*) = 0.7, readout_lr_scale = 16", "m = 0.25 (fixed)", "m = 1 (fixed)",
+                          "target s = 0.9"]
+    lines = {c.get_label(): c for c in top.containers}
+    v07 = lines["V'(q*) = 0.7"].lines[0]
+    assert list(v07.get_ydata()) == pytest.approx([0.65, 0.82])
+    x = v07.get_xdata()
+    assert x[1] / x[0] == pytest.approx(16.0)  # the line's points at q* 1 and 16 (shifted alike)
+    assert list(lines["m = 1 (fixed)"].lines[0].get_ydata()) == pytest.approx([0.51])
+    control = lines["V'(q*) = 0.7, readout_lr_scale = 16"].lines[0]
+    assert control.get_marker() == "*" and control.get_linestyle() == "None"
+    assert list(control.get_ydata()) == pytest.approx([0.77])
+    sparsity = bottom.containers[0].lines[0]  # the V'(q*) = 0.7 line, the first drawn
+    assert list(sparsity.get_ydata()) == pytest.approx([0.88, 0.88]) and list(sparsity.get_xdata()) == list(x)
+
+    # the diverged seed of m = 1 at q* = 16: an open marker over its point
+    assert any(line.get_markerfacecolor() == "white" for line in top.get_lines())
+
+
+def test_the_q_star_figure_needs_q_star_to_vary_and_falls_back_to_the_test_accuracy(sweep, tmp_path):
+    assert draw_accuracy_vs_qstar(load_runs(sweep)) is None
+    for q in (1.0, 4.0):
+        write_run(tmp_path / "q", f"q{q:g}", activation="crelu", sparsity=0.85, slope=0.7, q_star=q,
+                  accs=[0.8 + q / 100])
+    fig = draw_accuracy_vs_qstar(load_runs(tmp_path / "q"))
+    top = next(a for a in fig.axes if a.get_visible())
+    assert top.get_ylabel() == "test accuracy"
+    assert list(top.containers[0].lines[0].get_ydata()) == pytest.approx([0.81, 0.84])
+
+
+def test_write_report_adds_the_q_star_figure_only_when_q_star_varies(qsweep, sweep, tmp_path):
+    summary = write_report(qsweep, tmp_path / "q", formats=("png",))
+    assert (tmp_path / "q" / "fig4_accuracy_vs_qstar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    index = (tmp_path / "q" / "index.md").read_text()
+    assert "[fig4_accuracy_vs_qstar.png](fig4_accuracy_vs_qstar.png)" in index and "validation accuracy" in index
+    assert not any("figure 4" in note for note in summary.notes)
+    plain = write_report(sweep, tmp_path / "plain", formats=("png",))
+    assert not list((tmp_path / "plain").glob("fig4*")) and not any("figure 4" in n for n in plain.notes)
+
+
+def _write_tiny_mnist(d: Path, n_train: int = 600, n_test: int = 100, side: int = 8) -> Path:
+    """A learnable 10-class MNIST-format dataset: class c lights row c % side and column c // 2."""
+    rng = np.random.default_rng(0)
+    d.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, side, side)).astype(np.uint8)  # (N, H, W)
+        for i, c in enumerate(y):
+            x[i, c % side, :] = 250
+            x[i, :, c // 2] = 200
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", x)
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", y)
+    return d
+
+
+def test_qstar_table_smoke_sweep_end_to_end(tmp_path):
+    """The qstar-table smoke sweep on tiny synthetic data, then its report: q* column, the
+    validation accuracy, figure 4, and the cells that share their seeds (about 6 s)."""
+    data = _write_tiny_mnist(tmp_path / "data")
+    outcome = run_sweep("qstar-table", "smoke", data_dir=data, out=tmp_path / "sweep", workers=1, cpus_per_run=1,
+                        progress=False, log=lambda line: None)
+    assert outcome.counts == {"completed": 4} and not outcome.failed
+    runs = load_runs(tmp_path / "sweep")
+    assert sorted(r.q_star for r in runs) == [1.0, 1.0, 16.0, 16.0]
+    assert all(r.has_validation and r.config["data"]["n_val"] == 200 for r in runs)
+    assert len({r.seed for r in runs}) == 1  # paired: one seed for the four cells
+    assert {r.clip_reading for r in runs} == {("slope", 0.7), ("m", 1.0)}
+    summary = write_report(tmp_path / "sweep", tmp_path / "report", formats=("png",))
+    assert summary.n_finished == 4
+    names = {p.name for p in summary.paths}
+    assert {"fig1_accuracy_vs_sparsity.png", "fig4_accuracy_vs_qstar.png", "table.md"} <= names
+    rows = build_table(runs)
+    assert all(r["val_accuracy_mean"] is not None and 0 <= r["val_accuracy_mean"] <= 1 for r in rows)
+    assert "| val acc |" in (tmp_path / "report" / "table.md").read_text()

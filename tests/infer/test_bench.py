@@ -1,5 +1,7 @@
-"""The inference benchmark's code, smoke-run on tiny networks (its timings are not checked)."""
+"""The inference benchmark's code, smoke-run on tiny networks (its timings are not checked); the ONNX Runtime
+baseline is tested in test_ort.py, so these runs use the torch baseline only."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -15,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_rows_have_every_key_and_consistent_values(mnist_subset_dir):
     rows = run_benchmark(mnist_subset_dir, widths=[32], depth=3, batches=[1, 8], sparsities=[0.7, 0.85],
-                         repeats=2)
+                         repeats=2, baselines=["torch"])
     assert [(r["sparsity"], r["batch"]) for r in rows] == [(0.7, 1), (0.7, 8), (0.85, 1), (0.85, 8)]
     for row in rows:
         assert set(BENCH_KEYS) <= set(row)
@@ -45,7 +47,7 @@ def test_the_warm_protocol_precedes_each_timed_call_by_an_untimed_one(mnist_subs
     original = SparseEngine.__call__
     monkeypatch.setattr(SparseEngine, "__call__", lambda self, x, **kw: calls.append(kw) or original(self, x, **kw))
     rows = run_benchmark(mnist_subset_dir, widths=[16], depth=2, batches=[1], sparsities=[0.85], repeats=3,
-                         cache=cache)
+                         cache=cache, baselines=["torch"])
     assert rows[0]["cache"] == cache
     assert len(calls) == 2 + 3 * calls_per_repeat  # the warm-up of own dense and sparse, then the repeats
 
@@ -62,7 +64,8 @@ def test_bad_options(mnist_subset_dir):
 def test_cli_json_and_the_script(mnist_subset_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench-inference", "--data-dir", str(mnist_subset_dir), "--widths", "16", "--depth", "2",
-                 "--batches", "1", "--sparsities", "0.85", "--repeats", "2", "--json", "--out", str(out)]) == 0
+                 "--batches", "1", "--sparsities", "0.85", "--repeats", "2", "--baselines", "torch", "--json",
+                 "--out", str(out)]) == 0
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert len(rows) == 1 and set(BENCH_KEYS) <= set(rows[0])
@@ -131,3 +134,51 @@ def test_an_unwritable_out_is_refused_before_the_benchmark_runs(mnist_subset_dir
     err = _one_line_error(capsys, ["bench-inference", "--data-dir", str(mnist_subset_dir), "--widths", "16",
                                    "--out", str(tmp_path / out)])
     assert "--out" in err and message in err
+
+
+@pytest.mark.slow  # numba compiles the parallel kernels on first use (~10 s)
+def test_the_thread_check_rows(mnist_subset_dir):
+    from sparse_eoc.infer import STRATEGY_CHOICES
+    from sparse_eoc.infer.bench import check_threads
+
+    rows = check_threads(mnist_subset_dir, widths=[32], depth=2, batches=[8], sparsities=[0.85], threads=2,
+                         repeats=2, limit=1e9)
+    assert [r["strategy"] for r in rows] == list(STRATEGY_CHOICES)
+    for row in rows:
+        assert (row["width"], row["depth"], row["batch"], row["threads"]) == (32, 2, 8, 2)
+        assert row["one_thread_ms"] > 0 and row["threads_ms"] > 0 and row["ok"]
+        assert row["ratio"] == pytest.approx(row["threads_ms"] / row["one_thread_ms"]) and row["attempts"] == 1
+    with pytest.raises(ValueError, match="threads must be an integer >= 2"):
+        check_threads(mnist_subset_dir, threads=1)
+    with pytest.raises(ValueError, match="limit must be a finite number > 0"):
+        check_threads(mnist_subset_dir, limit=0.0)
+
+
+@pytest.mark.parametrize("slowdown, code", [(1.2, 0), (3.0, 1)])
+def test_the_thread_check_fails_loudly(mnist_subset_dir, monkeypatch, capsys, slowdown, code):
+    """Simulated timings: 2 threads 1.2x (passes) or 3x (fails: exit code 1, one FAILED line) one thread's time."""
+    import sparse_eoc.infer.bench
+
+    monkeypatch.setattr(sparse_eoc.infer.bench, "_time_engines",
+                        lambda engines, *args: {n: 1.0 if n == 1 else slowdown for n in engines})
+    assert main(["bench-inference", "--data-dir", str(mnist_subset_dir), "--widths", "16", "--depth", "2",
+                 "--batches", "4", "--sparsities", "0.85", "--threads", "2", "--check-threads"]) == code
+    captured = capsys.readouterr()
+    assert captured.out.count("ratio") == 5  # one line per strategy
+    failed = [line for line in captured.err.splitlines() if "thread check FAILED" in line]
+    assert len(failed) == code
+    if code:
+        assert "5 of 5 cases took more than 1.5x one thread's time on 2 threads, in every timing" in failed[0]
+        assert captured.out.count("FAIL (more than 1.5x) (timing 3)") == 5  # timed three times each
+
+
+def test_the_thread_check_times_a_slow_case_again(mnist_subset_dir, monkeypatch):
+    """A slow timing followed by a normal one (a busy machine, once) passes, and says so."""
+    import sparse_eoc.infer.bench
+
+    timings = itertools.chain([{1: 1.0, 2: 4.0}], itertools.repeat({1: 1.0, 2: 0.9}))
+    monkeypatch.setattr(sparse_eoc.infer.bench, "_time_engines", lambda *args: next(timings))
+    rows = sparse_eoc.infer.bench.check_threads(mnist_subset_dir, widths=[16], depth=2, batches=[4],
+                                                sparsities=[0.85])
+    assert [r["attempts"] for r in rows] == [2, 1, 1, 1, 1]
+    assert all(r["ok"] and r["ratio"] == pytest.approx(0.9) for r in rows)

@@ -291,9 +291,28 @@ print(engine(np.array([[1.0, 0.0, 0.0]])).tolist())
 try:
     SparseEngine(ws, bs, 'relu_tau', 0.5, backend='numba')
 except ValueError as err:
-    print('ValueError', 'sparse-eoc[fast]' in str(err))
+    print('ValueError', 'numba>=0.60' in str(err))
 """
     lines = _run(code).splitlines()
     assert lines[0] == "False numpy True 1"
     assert lines[1] == "[[2.0, 2.0]]"  # relu(1 - 0.5) = 0.5 on 4 units, then 4 x 0.5
     assert lines[2] == "ValueError True"
+
+
+def test_a_sparsified_mlp_is_refused_clearly():
+    """sparse_eoc.sparsify gives each layer its own (tau, m); the engine, which folds one (tau, m)
+    into every layer, says so instead of failing on a missing attribute."""
+    import warnings
+
+    import torch
+
+    from sparse_eoc.infer import SparseEngine
+    from sparse_eoc.nn import SparseMLP
+    from sparse_eoc.nn.sparsify import sparsify
+
+    model = SparseMLP(12, 5, depth=3, width=16, activation="crelu", tau=0.5, m=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparsify(model, 0.8, calibration=torch.randn(64, 12, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="one site per layer"):
+        SparseEngine.from_model(model)

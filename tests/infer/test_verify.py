@@ -198,3 +198,65 @@ def test_infer_on_an_empty_test_split_is_one_line(trained_run, mnist_subset_dir,
 
     monkeypatch.setattr(sparse_eoc.data, "load_image_dataset", empty_test_split)
     assert "the test split holds no images" in _infer_error(capsys, trained_run, mnist_subset_dir)
+
+
+@pytest.fixture(scope="module")
+def trained_cnn_run(tmp_path_factory, mnist_subset_dir):
+    """A depth-3, 8-channel CReLU CNN at 85 % sparsity after one epoch on 2000 MNIST images (the readout at
+    10x the learning rate, as cnn-mnist-cpu)."""
+    run = tmp_path_factory.mktemp("cnn-run")
+    config = TrainConfig(model="cnn", activation="crelu", sparsity=0.85, slope=0.7, depth=3, channels=8, epochs=1,
+                         optimizer="adam", lr=3e-3, readout_lr_scale=10.0, batch_size=32,
+                         data_dir=str(mnist_subset_dir), threads=1)
+    train(config, run, progress=False)
+    return run
+
+
+@pytest.mark.parametrize("strategy", ["auto", "sparse"])
+def test_trained_cnn_engine_equals_dense(trained_cnn_run, mnist_subset_dir, strategy):
+    result = evaluate_run(trained_cnn_run, mnist_subset_dir, batch_size=8, strategy=strategy, limit=200)
+    assert result["n"] == 200 and result["backend"] in ("numba", "numpy")
+    assert result["test_accuracy"] == result["dense_test_accuracy"]
+    assert result["test_accuracy"] > 0.2, result["test_accuracy"]  # one epoch on 2000 images: above chance
+    assert result["max_rel_logit_diff"] <= 1e-4
+    assert result["flop_reduction"] > 2.0  # ~85 % sparse hidden layers; the image's background skipped
+    assert set(result["strategies"]) <= {"sparse", "dense"} and result["strategies"]["sparse"] > 0
+
+
+def test_trained_cnn_engine_from_run_takes_the_zero_pixel_as_offset(trained_cnn_run, mnist_subset_dir):
+    from sparse_eoc.data import load_mnist
+    from sparse_eoc.infer import SparseCNNEngine
+
+    model, _ = load_run(trained_cnn_run)
+    x = load_mnist(mnist_subset_dir).x_test[:16].reshape(16, 1, 28, 28)
+    engine = SparseCNNEngine.from_run(trained_cnn_run, strategy="sparse")
+    out = engine(x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.all(np.abs(out - ref).max(axis=1) <= 1e-4 * np.abs(ref).max(axis=1))
+    assert engine.last_stats.density[0] < 0.3  # the background pixels became exact zeros
+
+
+def test_infer_command_json_on_a_cnn_run(trained_cnn_run, mnist_subset_dir, capsys):
+    assert main(["infer", "--run", str(trained_cnn_run), "--data-dir", str(mnist_subset_dir), "--batch-size", "8",
+                 "--limit", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("test_accuracy", "dense_test_accuracy", "max_abs_logit_diff", "speedup", "flop_reduction"):
+        assert key in out
+    assert out["test_accuracy"] == out["dense_test_accuracy"] and out["n"] == 64
+    assert out["max_rel_logit_diff"] <= 1e-4
+
+
+def test_infer_refuses_a_strategy_of_the_other_kind_of_network(trained_run, trained_cnn_run, mnist_subset_dir,
+                                                                capsys):
+    err = _infer_error(capsys, trained_cnn_run, mnist_subset_dir, "--strategy", "gather")
+    assert "strategy must be one of auto, dense, sparse for a cnn run" in err
+    err = _infer_error(capsys, trained_run, mnist_subset_dir, "--strategy", "sparse")
+    assert "strategy must be one of auto, dense, gather, union, csr for a mlp run" in err
+
+
+def test_infer_refuses_a_cnn_that_cannot_fit_in_memory(trained_cnn_run, mnist_subset_dir, tmp_path, capsys):
+    # 10^6 channels: a 10^6 x 10^6 x 3 x 3 conv, 36 TB of float32 weights; refused before it is built.
+    run = _run_copy(trained_cnn_run, tmp_path / "huge", channels=10**6, depth=2)
+    err = _infer_error(capsys, run, mnist_subset_dir)
+    assert str(run) in err and "depth-2 CNN with 1000000 channels needs at least" in err and "memory" in err

@@ -153,3 +153,27 @@ def test_a_weight_without_the_transposed_layout_still_gives_the_right_gradients(
     b = torch.zeros(6, dtype=torch.float64, requires_grad=True)
     SparseLinearFunction.apply(a, w, b, math.inf).sum().backward()
     torch.testing.assert_close(w.grad, torch.ones(8, 6, dtype=torch.float64).t() @ a, rtol=0, atol=1e-12)
+
+
+def test_a_sparsified_mlp_trains_with_each_sites_own_clip():
+    """After sparse_eoc.sparsify splits the activation into one site per layer (each its own tau
+    and m), the sparse kernels use each site's clip: gradients equal dense autograd's."""
+    import warnings
+
+    from sparse_eoc.nn.sparsify import sparsify
+
+    gen = torch.Generator().manual_seed(2)
+    dense = SparseMLP(12, 5, depth=4, width=32, activation="crelu", tau=0.5, m=0.25).double()
+    calibration = torch.randn(64, 12, generator=gen, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparsify(dense, 0.8, calibration=calibration)
+    clips = {float(site.m) for site in dense.act}
+    assert len(clips) > 1  # per-site clips, so using one for all would be caught
+    sparse = set_kernels_(copy.deepcopy(dense), "sparse")
+    x = torch.randn(9, 12, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (9,), generator=gen)
+    (g_dense, x_dense), (g_sparse, x_sparse) = grads(dense, x, y), grads(sparse, x, y)
+    for name in g_dense:
+        torch.testing.assert_close(g_sparse[name], g_dense[name], rtol=0, atol=1e-10, msg=name)
+    torch.testing.assert_close(x_sparse, x_dense, rtol=0, atol=1e-10)

@@ -1,6 +1,7 @@
 """Tests for sparse_eoc/runs/config.py: the settings' metadata, layering, resume rules and file checks."""
 
 import json
+import math
 from dataclasses import fields
 
 import pytest
@@ -136,3 +137,45 @@ def test_a_setting_added_later_is_filled_in_for_runs_saved_before_it(monkeypatch
         config_module.check_same_settings(saved, TrainConfig(sparsity=0.8, log_layer_stats=True), "RUN")
     assert "log_layer_stats" not in name_settings(TrainConfig(sparsity=0.8))  # at its default: not in the name
     assert name_settings(TrainConfig(sparsity=0.8, log_layer_stats=True))["log_layer_stats"] is True
+
+
+def test_residual_settings_apply_to_the_residual_models_only():
+    config = TrainConfig(sparsity=0.85, model="resmlp", depth=100)
+    assert (config.residual_scale, config.thresholds) == (None, "per-layer")  # None: 1 / sqrt(depth)
+    assert TrainConfig(sparsity=0.85, model="rescnn", residual_scale=0.2, thresholds="fixed").thresholds == "fixed"
+    assert TrainConfig(sparsity=0.85, model="resmlp", kernels="sparse").kernels == "sparse"
+    assert TrainConfig(sparsity=0.85, model="rescnn", augment=True, weight_init="delta_orthogonal").augment
+    for changes, message in [
+        ({"residual_scale": 0.1}, r"residual_scale applies to model=resmlp or rescnn only"),
+        ({"thresholds": "fixed"}, r"thresholds='fixed' applies to model=resmlp or rescnn only"),
+        ({"model": "resmlp", "residual_scale": 0.0}, r"residual_scale must be a finite number > 0"),
+        ({"model": "resmlp", "residual_scale": math.inf}, r"residual_scale must be a finite number > 0"),
+        ({"model": "resmlp", "thresholds": "per_layer"}, r"thresholds must be one of per-layer, fixed"),
+        ({"model": "rescnn", "kernels": "sparse"}, r"--kernels sparse applies to --model mlp only \(or resmlp\)"),
+        ({"model": "resmlp", "augment": True}, r"augment .* applies to model=cnn or rescnn only"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**{"activation": "crelu", "sparsity": 0.85, **changes})
+
+
+def test_a_config_json_written_before_the_residual_settings_still_loads_and_keeps_its_name():
+    old = TrainConfig(sparsity=0.85).to_dict()
+    del old["residual_scale"], old["thresholds"]
+    assert TrainConfig.from_dict(old, strict=True) == TrainConfig(sparsity=0.85)
+    assert not {"residual_scale", "thresholds"} & set(name_settings(TrainConfig(sparsity=0.85, model="resmlp")))
+    named = name_settings(TrainConfig(sparsity=0.85, model="resmlp", thresholds="fixed", residual_scale=0.2))
+    assert (named["thresholds"], named["residual_scale"]) == ("fixed", 0.2)
+    assert parse_overrides(["residual_scale=none", "thresholds=fixed"]) == {"residual_scale": None,
+                                                                           "thresholds": "fixed"}
+
+
+def test_the_mlp_preset_takes_the_residual_model(tmp_path):
+    """The issue's command: --preset mlp-mnist-cpu --model resmlp --depth 100 (explicit options win)."""
+    config = layer_settings(preset="mlp-mnist-cpu", explicit={"model": "resmlp", "depth": 100, "width": 300,
+                                                               "activation": "crelu", "sparsity": 0.85,
+                                                               "slope": 0.7})
+    assert (config.model, config.depth, config.epochs, config.lr, config.preset) == (
+        "resmlp", 100, 5, 1e-3, "mlp-mnist-cpu")
+    (tmp_path / "c.json").write_text(json.dumps({**config.to_dict(), "thresholds": "fixed", "residual_scale": 0.3}))
+    plain = layer_settings(config_file=tmp_path / "c.json", explicit={"model": "mlp"})  # drops what mlp cannot take
+    assert (plain.model, plain.thresholds, plain.residual_scale) == ("mlp", "per-layer", None)

@@ -6,6 +6,7 @@ Importing this package does not import torch: the registry reads the torch-free 
 
 from sparse_eoc.experiments.registry import (
     EXPERIMENTS,
+    CellList,
     Experiment,
     ExperimentPreset,
     Grid,
@@ -19,7 +20,7 @@ from sparse_eoc.experiments.registry import (
 from sparse_eoc.experiments.sweep import BACKENDS, SweepOutcome, plan_sweep, run_one, run_status, run_sweep
 
 __all__ = [
-    "BACKENDS", "EXPERIMENTS", "Experiment", "ExperimentPreset", "Grid", "RunSpec", "SweepOutcome", "derive_seed",
+    "BACKENDS", "CellList", "EXPERIMENTS", "Experiment", "ExperimentPreset", "Grid", "RunSpec", "SweepOutcome", "derive_seed",
     "estimate_seconds", "get_experiment", "parse_overrides", "plan_sweep", "run_one", "run_status", "run_sweep",
     "settings_hash",
 ]

@@ -25,7 +25,12 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from sparse_eoc.experiments.report_figures import draw_accuracy_vs_sparsity, draw_layer_stats, draw_loss_curves
+from sparse_eoc.experiments.report_figures import (
+    draw_accuracy_vs_qstar,
+    draw_accuracy_vs_sparsity,
+    draw_layer_stats,
+    draw_loss_curves,
+)
 from sparse_eoc.experiments.report_table import table_csv, table_markdown
 from sparse_eoc.experiments.results import (
     COUNTED,
@@ -56,11 +61,13 @@ __all__ = [
     "draw_accuracy_vs_sparsity",
     "draw_loss_curves",
     "draw_layer_stats",
+    "draw_accuracy_vs_qstar",
     "write_report",
 ]
 
 _FILES = {"table_md": "table.md", "table_csv": "table.csv", "index": "index.md"}
-_FIG_STEMS = {1: "fig1_accuracy_vs_sparsity", 2: "fig2_loss_curves", 3: "fig3_layer_stats"}
+_FIG_STEMS = {1: "fig1_accuracy_vs_sparsity", 2: "fig2_loss_curves", 3: "fig3_layer_stats",
+              4: "fig4_accuracy_vs_qstar"}
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,11 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike, *, cells:
     """Write the table and the figures of the runs under ``directory`` into ``out``.
 
     Files: ``table.md``, ``table.csv`` (:func:`build_table`), ``fig1_accuracy_vs_sparsity``,
-    ``fig2_loss_curves``, ``fig3_layer_stats`` (each in every format; fig3 only when a
-    run logged per-layer statistics, fig1 only with a sparse cell), and ``index.md``
-    (the source, the run counts, the conventions, links to all of them).
+    ``fig2_loss_curves``, ``fig3_layer_stats``, ``fig4_accuracy_vs_qstar`` (each in every
+    format; fig3 only when a run logged per-layer statistics, fig1 only with a sparse cell,
+    fig4 only when q* varies across the runs, e.g. the ``qstar-table`` sweep: without a note
+    otherwise, as it does not apply), and ``index.md`` (the source, the run counts, the
+    conventions, links to all of them).
 
     Args:
         directory: searched at any depth for run directories (:func:`load_runs`).
@@ -159,10 +168,16 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike, *, cells:
         3: (draw_layer_stats(runs, diverged=diverged),
             "per-layer gradient norms (and pre-activation variances) over training, failing vs healthy cell",
             "no run logged layer_grad_norm (train with --log-layer-stats)"),
+        4: (draw_accuracy_vs_qstar(runs, diverged=diverged),
+            ("validation" if all(r.has_validation for r in runs) else "test")
+            + " accuracy and test sparsity against q*, per activation and s, one line per V'(q*) or fixed m "
+              "(docs/theory.md section 9)",
+            None),  # q* does not vary: the figure does not apply
     }
     for number, (fig, caption, why_not) in drawn.items():
         if fig is None:
-            notes.append(f"figure {number} skipped: {why_not}")
+            if why_not is not None:
+                notes.append(f"figure {number} skipped: {why_not}")
             continue
         paths = _save(fig, dest, _FIG_STEMS[number], formats)
         figures.append((number, caption, paths))

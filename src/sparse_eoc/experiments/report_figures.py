@@ -2,7 +2,8 @@
 
 Price et al., ICLR 2024: test accuracy against sparsity (section 5, the main result);
 the appendix's training-loss curves of every seed; and, ours, per-layer gradient
-norms over training of a failing and a healthy setting. Runs and cells are those of
+norms over training of a failing and a healthy setting, and accuracy and sparsity
+against the fixed point q* (docs/theory.md section 9). Runs and cells are those of
 :mod:`sparse_eoc.experiments.results`; no pyplot, no global state.
 
 Example::
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,7 +42,7 @@ from sparse_eoc.experiments.results import (
 )
 from sparse_eoc.plotstyle import CMAPS, COLORS, LABELS
 
-__all__ = ["draw_accuracy_vs_sparsity", "draw_loss_curves", "draw_layer_stats"]
+__all__ = ["draw_accuracy_vs_sparsity", "draw_loss_curves", "draw_layer_stats", "draw_accuracy_vs_qstar"]
 
 _MARKERS = "os^Dv<>p"
 
@@ -377,4 +379,137 @@ def draw_layer_stats(runs: Sequence[Run], *, diverged: str = "chance",
         bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="epoch (0: at initialisation)"
                            if 0 in all_epochs else "epoch", shrink=0.9)
         bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def _reading_label(reading: tuple[str, float] | None, activation: str) -> str:
+    if reading is None:
+        return LABELS.get(activation, activation)
+    return f"V'(q*) = {reading[1]:g}" if reading[0] == "slope" else f"m = {reading[1]:g} (fixed)"
+
+
+def _reading_key(reading: tuple[str, float] | None) -> tuple:
+    """Slope readings first, then fixed clips, each by value; an unclipped line last."""
+    return (2, 0.0) if reading is None else (0 if reading[0] == "slope" else 1, reading[1])
+
+
+def draw_accuracy_vs_qstar(runs: Sequence[Run], *, diverged: str = "chance") -> Figure | None:
+    """Accuracy and sparsity against the fixed point q* (docs/theory.md section 9; Dent and Tanner 2026).
+
+    One column of two panels per (model, activation, s) of the sparse cells, three columns a
+    row: on top the accuracy, below the test sparsity (the target s dotted); x is q* on a log
+    axis. The accuracy is the validation accuracy when every run held out a validation split
+    (``--val-size``: choose settings on it) and the test accuracy otherwise. One line per clip
+    reading: a target V'(q*) (solid: tau and m scale with sqrt(q*), the same infinite-width map
+    at every q*) or a fixed clip m (dashed, purple: a larger q* is a smaller m / sqrt(q*)). A point
+    is the mean over seeds with a +-1 std error bar (ddof = 1), open if a run of it diverged
+    (counted by ``diverged``); the lines of a panel sit side by side on the q* axis so that
+    their error bars do not overlap. Cells whose other settings (lr, readout_lr_scale, ...)
+    differ from the most common ones (the controls) are stars, not joined, labelled with those
+    settings. ReLU with the common settings is a grey band (one q*) or a grey line. One legend
+    below each pair of panels.
+
+    Returns:
+        The figure, or None when q* takes a single value or there is no sparse cell.
+    """
+    cells, extras = group_cells(runs, diverged)
+    sparse = [c for c in cells if c.settings["activation"] != "relu"]
+    if "q_star" not in extras or not sparse:
+        return None
+    use_val = all(r.has_validation for c in cells for r in c.runs)
+    acc_key = "val_accuracy" if use_val else "test_accuracy"
+    others = [e for e in extras if e != "q_star"]
+
+    def variant(c: Cell) -> tuple:
+        return tuple(repr(c.settings[k]) for k in others)
+
+    common = Counter(variant(c) for c in cells).most_common(1)[0][0]
+    multi_model = len({c.settings["model"] for c in cells}) > 1
+    rank = {a: i for i, a in enumerate(ACTIVATION_ORDER)}
+    panels = sorted(dict.fromkeys((c.settings["model"], c.settings["activation"], c.settings["sparsity"])
+                                  for c in sparse),
+                    key=lambda k: (k[0], rank.get(k[1], len(rank)), k[1], k[2]))
+    ncols = min(3, len(panels))
+    blocks = math.ceil(len(panels) / ncols)
+    fig, axes = _figure(2 * blocks, ncols, (3.9, 2.9))
+    q_all = sorted({c.settings["q_star"] for c in cells})
+    log_span = math.log2(q_all[-1] / q_all[0])
+    for i in range(len(panels), ncols * blocks):  # the unused panels of the last block
+        axes[2 * (i // ncols), i % ncols].set_visible(False)
+        axes[2 * (i // ncols) + 1, i % ncols].set_visible(False)
+    for pi, (model, act, s) in enumerate(panels):
+        top, bottom = axes[2 * (pi // ncols), pi % ncols], axes[2 * (pi // ncols) + 1, pi % ncols]
+        mine = [c for c in cells if (c.settings["model"], c.settings["activation"], c.settings["sparsity"])
+                == (model, act, s)]
+        readings = sorted({c.runs[0].clip_reading for c in mine}, key=_reading_key)
+        slopes = [r for r in readings if r is None or r[0] == "slope"]
+        clips = [r for r in readings if r is not None and r[0] == "m"]
+        relu = sorted((c for c in cells if c.settings["activation"] == "relu" and c.settings["model"] == model
+                       and variant(c) == common), key=lambda c: c.settings["q_star"])
+        relu = [c for c in relu if c.row[f"{acc_key}_mean"] is not None]
+        if len(relu) == 1:
+            mu, sd = relu[0].row[f"{acc_key}_mean"], relu[0].row[f"{acc_key}_std"]
+            top.axhspan(mu - (sd or 0.0), mu + (sd or 0.0), color="0.85", lw=0, zorder=0)
+            top.axhline(mu, color=COLORS["relu"], lw=1, ls="--", zorder=1, label=f"ReLU: {format_mean_std(mu, sd)}")
+        elif relu:
+            top.errorbar([c.settings["q_star"] for c in relu], [c.row[f"{acc_key}_mean"] for c in relu],
+                         yerr=[c.row[f"{acc_key}_std"] or 0.0 for c in relu], color=COLORS["relu"], ls="--",
+                         marker="o", ms=4, capsize=2, lw=1, label="ReLU")
+        for li, reading in enumerate(readings):
+            family = clips if reading in clips else slopes
+            j = family.index(reading)
+            colour = (colormaps["Purples"](0.45 + 0.5 * j / max(len(family) - 1, 1)) if reading in clips
+                      else _colour(act, j, len(family)))
+            style = {"ls": "--", "marker": "s"} if reading in clips else {"ls": "-", "marker": "o"}
+            shift = 2 ** ((li - (len(readings) - 1) / 2) * 0.025 * max(log_span, 1.0))
+            label = _reading_label(reading, act)
+            line = sorted((c for c in mine if c.runs[0].clip_reading == reading), key=lambda c: c.settings["q_star"])
+            for ax, key in ((top, acc_key), (bottom, "test_sparsity")):
+                main = [c for c in line if variant(c) == common and c.row[f"{key}_mean"] is not None]
+                if main:
+                    x = np.array([c.settings["q_star"] for c in main]) * shift
+                    y = np.array([c.row[f"{key}_mean"] for c in main])
+                    e = np.array([c.row.get(f"{key}_std") or 0.0 for c in main])
+                    ax.errorbar(x, y, yerr=e, color=colour, ms=5, capsize=3, lw=1.3,
+                                label=label if ax is top else None, **style)
+                    bad = np.array([c.row["n_diverged"] > 0 for c in main])
+                    if bad.any():
+                        ax.plot(x[bad], y[bad], ls="none", marker=style["marker"], ms=5, mfc="white", mec=colour,
+                                zorder=5)
+                for n, c in enumerate([c for c in line if variant(c) != common]):
+                    if c.row[f"{key}_mean"] is None:
+                        continue
+                    nudge = 2 ** ((n + 1) * 0.02 * max(log_span, 1.0))  # controls at one q* side by side
+                    changed = ", ".join(f"{k} = {c.settings[k]:g}" if isinstance(c.settings[k], float)
+                                        else f"{k} = {c.settings[k]}" for k, v in zip(others, common)
+                                        if repr(c.settings[k]) != v)
+                    ax.errorbar([c.settings["q_star"] * shift * nudge], [c.row[f"{key}_mean"]],
+                                yerr=[c.row.get(f"{key}_std") or 0.0], color=colour, marker="*", ms=10, mec="k",
+                                mew=0.6, capsize=3, ls="none", label=f"{label}, {changed}" if ax is top else None)
+        bottom.axhline(s, color="k", ls=":", lw=1, label=f"target s = {s:g}")
+        title = f"{LABELS.get(act, act)}, s = {s:g}" + (f" ({model.upper()})" if multi_model else "")
+        top.set_title(title, fontsize=9)
+        handles, labels = top.get_legend_handles_labels()  # one legend for both panels, below them
+        more = bottom.get_legend_handles_labels()
+        bottom.legend(handles + more[0], labels + more[1], fontsize=6, loc="upper center",
+                      bbox_to_anchor=(0.5, -0.2), frameon=False)
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(q_all, [f"{q:g}" for q in q_all])
+            ax.minorticks_off()
+            ax.set_xlim(q_all[0] / 2 ** (0.15 * max(log_span, 1.0)), q_all[-1] * 2 ** (0.15 * max(log_span, 1.0)))
+            ax.grid(alpha=0.3)
+        bottom.set_xlabel("q*")
+        if pi % ncols == 0:
+            top.set_ylabel("validation accuracy" if use_val else "test accuracy")
+            bottom.set_ylabel("test sparsity")
+    for b in range(blocks):  # one accuracy range per block row, to compare the panels
+        shown = [ax for ax in axes[2 * b] if ax.get_visible()]
+        lo, hi = min(ax.get_ylim()[0] for ax in shown), max(ax.get_ylim()[1] for ax in shown)
+        for ax in shown:
+            ax.set_ylim(lo, hi)
+    notes = ["solid: V'(q*) fixed (tau, m ~ sqrt(q*)); dashed: m fixed; stars: other settings"]
+    if any(c.row["n_diverged"] for c in cells):
+        notes.append(f"open markers: at least one run diverged (counted {COUNTED[diverged]})")
+    fig.suptitle(_wrap("; ".join(notes), 60 * ncols), fontsize=8)
     return fig

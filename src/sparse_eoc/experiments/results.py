@@ -193,6 +193,38 @@ class Run:
             return self.last_accuracy
         return self.chance
 
+    @property
+    def has_validation(self) -> bool:
+        """The run held out a validation split (``val_size`` > 0, ``sparse-eoc train --val-size``)."""
+        data = self.config.get("data")
+        return bool(self.config.get("val_size") or (isinstance(data, dict) and data.get("n_val")))
+
+    def val_accuracy(self, diverged: str = "chance") -> float | None:
+        """The validation accuracy this run counts with, under the same conventions as
+        :meth:`accuracy`: ``result.json``'s ``val_accuracy`` (that of the last completed
+        epoch), a diverged run at chance / its last completed epoch's (chance if none) / not
+        at all; None without a validation split."""
+        if not self.finished or not self.has_validation:
+            return None
+        last = self.result.get("val_accuracy")
+        if last is None and self.metrics:
+            last = self.metrics[-1].get("val_accuracy")
+        if not self.diverged:
+            return last
+        if diverged == "exclude":
+            return None
+        return last if diverged == "last" and last is not None else self.chance
+
+    @property
+    def clip_reading(self) -> tuple[str, float] | None:
+        """How the clip was asked for: ``("m", m)`` for a fixed clip (``--m``), ``("slope", V'(q*))``
+        for a target slope (``--slope``, or the default 0.7: the resolved value), None when unclipped."""
+        if not is_clipped(self.activation):
+            return None
+        if self.config.get("m") is not None:
+            return ("m", float(self.config["m"]))
+        return ("slope", float(self.config.get("slope") or self.slope))
+
     def settings(self) -> dict[str, Any]:
         """The scalar settings that identify this run's cell (all but the seed and bookkeeping)."""
         other = _MODEL_ONLY.get("cnn" if self.model == "mlp" else "mlp", frozenset())
@@ -266,7 +298,7 @@ def _check_result(path: Path, result: Any) -> None:
     """Raise a ValueError naming ``path`` and the field for what the table reads of a result.json."""
     if not isinstance(result, dict):
         raise ValueError(f"{path}: not a run's result (a JSON object with a status), got {type(result).__name__}")
-    for key in ("test_accuracy", "train_sparsity", "test_sparsity"):
+    for key in ("test_accuracy", "train_sparsity", "test_sparsity", "val_accuracy"):
         if not _is_number_or_null(result.get(key)):
             raise ValueError(f"{path}: {key} must be a number or null, got {result.get(key)!r}")
     if not (result.get("diverged") is None or isinstance(result["diverged"], dict)):
@@ -431,6 +463,7 @@ def _row(cell: Cell, diverged: str) -> dict[str, Any]:
     completed = [r for r in runs if not r.diverged]
     acc_mean, acc_std = _mean_std(r.accuracy(diverged) for r in runs)
     ok_mean, ok_std = _mean_std(r.result.get("test_accuracy") for r in completed)
+    val_mean, val_std = _mean_std(r.val_accuracy(diverged) for r in runs)
     act = cell.settings["activation"]
     m_b = below = None
     if is_clipped(act):
@@ -448,6 +481,8 @@ def _row(cell: Cell, diverged: str) -> dict[str, Any]:
         "test_accuracy_std": acc_std,
         "completed_accuracy_mean": ok_mean,
         "completed_accuracy_std": ok_std,
+        "val_accuracy_mean": val_mean,
+        "val_accuracy_std": val_std,
         "train_sparsity_mean": _mean_std(r.result.get("train_sparsity") for r in completed)[0],
         "test_sparsity_mean": _mean_std(r.result.get("test_sparsity") for r in completed)[0],
         "bifurcation_m": m_b,
@@ -472,7 +507,9 @@ def build_table(runs: Sequence[Run], *, diverged: str = "chance") -> list[dict[s
         ``q_star``, ``n_runs``, ``seeds`` (list, in run-path order), ``n_completed``,
         ``n_diverged``, ``test_accuracy_mean`` / ``_std`` (over all runs under the
         convention; std with ddof = 1, None for one value), ``completed_accuracy_mean`` /
-        ``_std`` (completed runs only, None if none), ``train_sparsity_mean`` and
+        ``_std`` (completed runs only, None if none), ``val_accuracy_mean`` / ``_std`` (the
+        validation accuracy under the same convention; None when the runs held out no
+        validation split; choose settings on it, not on the test accuracy), ``train_sparsity_mean`` and
         ``test_sparsity_mean`` (completed runs; fractions of exact zeros in the hidden
         layers), ``bifurcation_m`` (m_b of ``sparse_eoc.gp.bifurcation_m``, docs/theory.md section 4.3;
         None when unclipped or no bifurcation up to 8 sqrt(q*)), ``below_bifurcation``

@@ -8,7 +8,7 @@ A sweep directory ``DIR`` holds::
                         log.txt (the run's messages) and error.txt (the traceback of a run
                         that raised; removed once the run finishes)
 
-A run's ``<name>`` is ``<activation>-s<sparsity>[-v<slope>]-seed<i>-<hash of its settings>``
+A run's ``<name>`` is ``<activation>-s<sparsity>[-v<slope>][-m<m>][-q<q*>][-<setting><value>...][-<setting>x<factor>...]-seed<i>-<hash of its settings>``
 (see :mod:`sparse_eoc.experiments.registry`), and its seed is derived from its settings,
 so running the same command again, after a crash or ``kill -9``, resumes the sweep:
 finished runs (``result.json`` with status completed or diverged) are skipped untouched,

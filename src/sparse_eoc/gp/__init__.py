@@ -31,6 +31,15 @@ from sparse_eoc.gp.eoc import (
     sparsity_range,
     tau_from_sparsity,
 )
+from sparse_eoc.gp.residual import (
+    THRESHOLDS,
+    ResidualInit,
+    default_residual_scale,
+    residual_correlation,
+    residual_covariance,
+    residual_init,
+    residual_variances,
+)
 from sparse_eoc.gp.maps import (
     GPParams,
     chi1,
@@ -50,6 +59,8 @@ __all__ = [
     "GPParams",
     "NoEoCPointError",
     "RELU_SPARSITY",
+    "ResidualInit",
+    "THRESHOLDS",
     "analyse_clip",
     "bifurcation_m",
     "check_clip",
@@ -57,6 +68,7 @@ __all__ = [
     "cnn_covariance_map",
     "correlation_map",
     "correlation_map_derivative",
+    "default_residual_scale",
     "depth_to_correlate",
     "derivative_second_moment",
     "eoc_points_at_fixed_m",
@@ -68,6 +80,10 @@ __all__ = [
     "iterate_correlation",
     "iterate_variance",
     "recommend_clip",
+    "residual_correlation",
+    "residual_covariance",
+    "residual_init",
+    "residual_variances",
     "second_moment",
     "slope_and_curvature_vs_m",
     "solve_eoc",

@@ -6,7 +6,7 @@ multiply-adds when run densely (zero padding included). An input entry (c, i, j)
 C_out times the kernel taps that read it from inside the image: with zero padding
 t(i) t(j) taps, t(i) = min(i, r) + min(H - 1 - i, r) + 1 for r = k // 2; with circular
 padding all k^2. Skipping the zero inputs leaves C_out sum_{nonzero (c, i, j)} taps(i, j).
-No speedup is attempted here: this only counts.
+This only counts; :class:`~sparse_eoc.infer.SparseCNNEngine` skips them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sparse_eoc.infer.cnn_plan import taps_per_position
 from sparse_eoc.infer.plan import flop_reduction
 
 __all__ = ["CNNFlopReport", "cnn_flop_report"]
@@ -51,13 +52,6 @@ class CNNFlopReport:
                 "flop_reduction": self.flop_reduction}
 
 
-def _taps(n: int, k: int) -> np.ndarray:
-    """Taps of a size-k same-padded stride-1 window that read input position i from inside, (n,)."""
-    r = k // 2
-    i = np.arange(n)
-    return np.minimum(i, r) + np.minimum(n - 1 - i, r) + 1
-
-
 def cnn_flop_report(model, x) -> CNNFlopReport:
     """Count the multiply-adds of a :class:`~sparse_eoc.nn.SparseCNN` on inputs ``x`` with and
     without skipping zero inputs.
@@ -91,7 +85,7 @@ def cnn_flop_report(model, x) -> CNNFlopReport:
             if conv.padding_mode == "circular":
                 taps = np.full((h, w), kh * kw, dtype=np.int64)
             else:
-                taps = np.outer(_taps(h, kh), _taps(w, kw))  # (H, W)
+                taps = np.outer(taps_per_position(h, kh, False), taps_per_position(w, kw, False))  # (H, W)
             sparsity.append(1.0 - nonzero.sum() / a.numel())
             dense.append(batch * h * w * conv.out_channels * c_in * kh * kw)
             done.append(int(conv.out_channels * (nonzero * taps).sum()))

@@ -27,6 +27,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +40,15 @@ from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENS
                                    CostModel, choose_strategy, flop_reduction, layer_activations,
                                    strategy_code)
 
-__all__ = ["SparseEngine", "EngineStats", "BACKENDS", "numba_available", "zero_pixel_offset"]
+__all__ = ["SparseEngine", "EngineStats", "BACKENDS", "PARALLEL_MIN_MACS", "numba_available", "zero_pixel_offset"]
 
 #: What a ``backend=`` argument accepts.
 BACKENDS = ("auto", "numba", "numpy")
+#: A numba call runs on one thread when B x (mean N_in N_out of the layers) is below this: a
+#: layer's threads fork and join in a few microseconds, more than they save on so little work
+#: (2 threads against 1, 2-core CPU: a width-300 network at batch 4 1.08x the time, at batch 8
+#: 0.96x; width 512 at batch 1 1.42x, width 1024 0.89x).
+PARALLEL_MIN_MACS = 1 << 19
 _warned_no_numba = False
 
 
@@ -51,8 +57,46 @@ def _import_kernels():
     try:
         from sparse_eoc.infer import kernels
     except ImportError as err:
-        return None, f"numba is not available ({err}); pip install 'sparse-eoc[fast]' for the compiled kernels"
+        return None, f"numba is not available ({err}); pip install 'numba>=0.60' for the compiled kernels"
     return kernels, ""
+
+
+_blas_libs: list | None = None  # threadpoolctl's controllers of the loaded BLAS libraries
+
+
+@contextmanager
+def _blas_on_caller():
+    """Within: every loaded BLAS library runs single-threaded, on the thread that calls it.
+
+    The numba kernels' ``dense`` and ``union`` products are BLAS calls (scipy's BLAS, which
+    numba's ``np.dot`` calls). Left to its own threads, the BLAS library runs a second pool
+    beside numba's OpenMP pool, and each pool's idle threads spin-wait after their work
+    (libgomp 300,000 spins by default, OpenBLAS up to 2^28 cycles): with as many cores as
+    threads, the threads one pool needs wait for a scheduler time slice behind the other's
+    spinning ones, at every layer. A depth-100, width-300 network at batch 64 took 0.6-0.9 s
+    a call on 2 threads (``union``; ``dense`` 1.2-1.3 s) against 7 ms (12 ms) on one, the
+    slowdown growing with ``GOMP_SPINCOUNT`` (2-core CPU). So the engine uses one pool,
+    numba's: a ``union`` layer's product is cut into column tiles across its threads
+    (:func:`sparse_eoc.infer.kernels.union_tiles`), a ``dense`` one runs on the calling
+    thread, and ``threads=1`` means one thread for the products too. The thread counts are
+    restored on exit (so this is not for concurrent use from several Python threads).
+    """
+    global _blas_libs
+    if _blas_libs is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (numba's BLAS: loaded before the libraries are listed)
+        from threadpoolctl import ThreadpoolController
+
+        _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    previous = [lib.get_num_threads() for lib in _blas_libs]
+    for lib, n in zip(_blas_libs, previous):
+        if n != 1:
+            lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas_libs, previous):
+            if n != 1:
+                lib.set_num_threads(n)
 
 
 def numba_available() -> bool:
@@ -155,8 +199,11 @@ class SparseEngine:
             thread the whole network runs as one gather kernel), ``dense``, ``gather``,
             ``union`` or ``csr``; or a sequence of L + 1 of these, one per layer.
         threads: CPU threads of the numba kernels, >= 1 (1: the serial kernel; more: column
-            tiles across threads). BLAS products (``dense``, ``union``) use the BLAS library's
-            own threads; the NumPy backend uses only those.
+            tiles across threads, each tile of a ``union`` layer one BLAS product; a call with
+            too little work to share, see :data:`PARALLEL_MIN_MACS`, runs on one thread).
+            The BLAS library runs on the calling thread during a numba call, whatever its own
+            thread count (see :func:`_blas_on_caller`); the NumPy backend uses only the
+            BLAS library's threads.
         backend: ``auto`` (numba when installed), ``numba`` or ``numpy``.
         cost: the :class:`~sparse_eoc.infer.plan.CostModel` of ``auto``; None = defaults.
         tile_bytes: numba ``csr`` only: the cache share, in bytes (>= 1024), of its (B, T)
@@ -235,6 +282,7 @@ class SparseEngine:
                           else self.input_offset)
         self._typed = None  # numba typed lists, built on first use
         self._shapes = (tuple(w.shape[0] for w in self._wts), tuple(w.shape[1] for w in self._wts))
+        self._layer_macs = float(np.mean([w.size for w in self._wts]))  # mean N_in N_out per example
         self._last: tuple[np.ndarray, int, bool] | EngineStats | None = None
 
     # ------------------------------------------------------------------ construction
@@ -258,7 +306,10 @@ class SparseEngine:
 
         if not isinstance(model, SparseMLP):
             raise ValueError(f"model must be a SparseMLP, got {type(model).__name__} (for a SparseCNN, "
-                             "sparse_eoc.infer.cnn_flop_report reports the multiply-adds its zeros save)")
+                             "use sparse_eoc.infer.SparseCNNEngine)")
+        if isinstance(model.act, torch.nn.ModuleList):
+            raise ValueError("model's activation was split into one site per layer (sparse_eoc.sparsify); "
+                             "the engine needs one (tau, m) for every layer")
         layers = [*model.hidden, model.readout]
         with torch.no_grad():
             weights = [layer.weight.detach().cpu().numpy() for layer in layers]  # (N_out, N_in), no copy
@@ -402,22 +453,24 @@ class SparseEngine:
             self._typed = (wts, biases)
         wts, biases = self._typed
         stats = np.zeros((len(self._wts), 4), dtype=np.int64)
-        if x.shape[0] == 1 and self.threads == 1 and self._single_ok:
+        threads = self.threads if x.shape[0] * self._layer_macs >= PARALLEL_MIN_MACS else 1
+        if x.shape[0] == 1 and threads == 1 and self._single_ok:
             # Batch 1 on one thread: the whole-network gather kernel, nothing chosen per layer.
             return k.forward_single(x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, skip,
                                     stats), stats
         args = (x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
-        if self.threads == 1:
-            logits = k.forward_serial(*args, 1, self.tile_bytes, stats)
-        else:
-            import numba
+        with _blas_on_caller():  # one thread pool: numba's (see _blas_on_caller)
+            if threads == 1:
+                logits = k.forward_serial(*args, 1, self.tile_bytes, stats)
+            else:
+                import numba
 
-            previous = numba.get_num_threads()
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-            try:
-                logits = k.forward_parallel(*args, self.threads, self.tile_bytes, stats)
-            finally:
-                numba.set_num_threads(previous)
+                previous = numba.get_num_threads()
+                numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+                try:
+                    logits = k.forward_parallel(*args, threads, self.tile_bytes, stats)
+                finally:
+                    numba.set_num_threads(previous)
         return logits, stats
 
     def _forward_numpy(self, x: np.ndarray, skip: bool) -> tuple[np.ndarray, np.ndarray]:

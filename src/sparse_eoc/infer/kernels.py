@@ -1,7 +1,7 @@
 """Numba kernels of the sparse engine: the whole network in one compiled call.
 
-Imported only when numba is installed (``pip install 'sparse-eoc[fast]'``); the engine
-falls back to its NumPy path otherwise. One call of :func:`forward_serial` (or
+Imported only when numba is installed (a dependency wherever numba ships wheels); the
+engine falls back to its NumPy path otherwise. One call of :func:`forward_serial` (or
 :func:`forward_parallel`) runs every layer (no Python between layers), for each layer:
 count the nonzero inputs and the union, pick a strategy
 (:func:`sparse_eoc.infer.plan.choose_strategy`, compiled here as it is), multiply, add the
@@ -17,9 +17,13 @@ leaving input unit j. A batch's nonzeros are held as CSR: ``indptr`` (B + 1,), `
 and ``vals`` (nnz,), example b's nonzeros at ``indptr[b]:indptr[b + 1]``, sorted by unit.
 
 Two compilations of one layer function: serial (used by :func:`forward_serial`, cached on
-disk) and ``parallel=True`` (used by :func:`forward_parallel`: output column tiles across
-threads; compiled on first use). Multiply-adds are fused (``fastmath={"contract"}``) but never
-reordered across rows beyond the fixed groups of four below, so results are deterministic.
+disk) and parallel, its prange loops only (used by :func:`forward_parallel`: output column
+tiles across threads; compiled on first use). Additions are never reordered
+across rows beyond the fixed groups of four (:mod:`sparse_eoc.kernels.rows`), and a union
+layer's BLAS products are cut into the same column tiles on any number of threads
+(:func:`union_tiles`), so results are deterministic, and the same on any number of threads.
+The BLAS library must run single-threaded during a call (the engine sees to it:
+``sparse_eoc.infer.engine._blas_on_caller``), so that numba's threads are the only ones.
 """
 
 from __future__ import annotations
@@ -87,6 +91,30 @@ def _csr_tile(y, bias, wt, indptr, idx, vals, c0, c1, row_block, kind, tau, m):
             y[b, c] = _act(y[b, c], kind, tau, m)
 
 
+UNION_TILE = 128  # columns of a union product's tile, at most
+
+
+@njit(cache=True)
+def union_tiles(n_out):
+    """Column tiles of a union layer's product: 1 up to UNION_TILE columns, else an even number
+    of tiles of at most UNION_TILE columns (even: balanced across 2 or 4 threads)."""
+    if n_out <= UNION_TILE:
+        return 1
+    return 2 * ((n_out + 2 * UNION_TILE - 1) // (2 * UNION_TILE))
+
+
+@njit(cache=True)
+def _union_tile(y, a_u, wt, rows, c0, c1):
+    """y[:, c0:c1] = a_u W^T[rows, c0:c1]: one BLAS product on a copy of that block of W^T."""
+    w_t = np.empty((len(rows), c1 - c0), np.float32)  # (|U|, T) = W^T[U, c0:c1]
+    for k in range(len(rows)):
+        w_t[k] = wt[rows[k], c0:c1]
+    if len(rows) and c1 > c0:
+        y[:, c0:c1] = np.dot(a_u, w_t)  # (B, |U|) @ (|U|, T), BLAS
+    else:
+        y[:, c0:c1] = 0
+
+
 def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes, stats_row):
     """phi(a W^T + bias) of one layer: a (B, N_in) -> (B, N_out), float32.
 
@@ -119,7 +147,7 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
     if s == AUTO:
         s = choose_strategy(batch, n_in, n_out, nnz, n_union, costs)
     if s == DENSE:
-        y = np.dot(a, wt)  # (B, N_out), BLAS
+        y = np.dot(a, wt)  # (B, N_out), BLAS, on this thread (SparseEngine: _blas_on_caller)
         for t in prange(ntiles):
             c0, c1 = split_columns(n_out, ntiles, t)
             _bias_act_tile(y, bias, c0, c1, kind, tau, m)
@@ -133,14 +161,18 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
                 rows[k] = j
                 k += 1
         a_u = np.empty((batch, n_rows), np.float32)  # (B, |U|) = a[:, U]
-        w_u = np.empty((n_rows, n_out), np.float32)  # (|U|, N_out) = W^T[U]
-        for k in range(n_rows):
-            w_u[k] = wt[rows[k]]
-            for b in range(batch):
+        for b in range(batch):
+            for k in range(n_rows):
                 a_u[b, k] = a[b, rows[k]]
-        y = np.dot(a_u, w_u) if n_rows else np.zeros((batch, n_out), np.float32)  # (B, N_out), BLAS
-        for t in prange(ntiles):
-            c0, c1 = split_columns(n_out, ntiles, t)
+        # One BLAS product per column tile, the tiles across numba's threads (the BLAS library
+        # runs single-threaded: SparseEngine's _blas_on_caller). The tiles depend on N_out
+        # only, not on the thread count: the same BLAS calls, the same bits, on any number
+        # of threads.
+        y = np.empty((batch, n_out), np.float32)
+        ptiles = union_tiles(n_out)
+        for t in prange(ptiles):
+            c0, c1 = split_columns(n_out, ptiles, t)
+            _union_tile(y, a_u, wt, rows, c0, c1)
             _bias_act_tile(y, bias, c0, c1, kind, tau, m)
         macs = batch * n_rows * n_out
     else:
@@ -165,7 +197,13 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
 
 
 _layer_serial = njit(cache=True)(_layer)
-_layer_parallel = njit(parallel=True)(_layer)
+# Only the explicit prange loops run in parallel: numba would otherwise make parallel regions of the
+# array expressions too (np.zeros, counts.sum(): three per layer), each a fork and join of the
+# threads for a few microseconds of work (a depth-8, width-300 network at batch 4 took 2.6x
+# its one-thread time on 2 threads).
+_PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+                "setitem": False, "numpy": False, "stencil": False, "fusion": False}
+_layer_parallel = njit(parallel=_PRANGE_ONLY)(_layer)
 
 
 @njit(cache=True)

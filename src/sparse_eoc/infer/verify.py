@@ -101,9 +101,11 @@ def compare_with_dense(engine, model, x: np.ndarray, y: np.ndarray, *, batch_siz
     repeated ``repeats`` times and the median pass time taken.
 
     Args:
-        engine: a :class:`~sparse_eoc.infer.SparseEngine` built from ``model``.
-        model: the :class:`~sparse_eoc.nn.SparseMLP` (run under ``torch.inference_mode``).
-        x: inputs, float32 (N, N_0).  y: labels, int (N,).
+        engine: a :class:`~sparse_eoc.infer.SparseEngine` or
+            :class:`~sparse_eoc.infer.SparseCNNEngine` built from ``model``.
+        model: the :class:`~sparse_eoc.nn.SparseMLP` or :class:`~sparse_eoc.nn.SparseCNN`
+            (run under ``torch.inference_mode``).
+        x: inputs, float32 (N, N_0), or images (N, C, H, W) for a CNN.  y: labels, int (N,).
         batch_size: examples per call, >= 1.  repeats: passes, >= 1.
 
     Returns:
@@ -165,14 +167,16 @@ def compare_with_dense(engine, model, x: np.ndarray, y: np.ndarray, *, batch_siz
     }
 
 
-def _network_that_fits(run_dir):
-    """The :class:`~sparse_eoc.runs.network.NetworkSpec` of an MLP run whose weights fit in
-    memory, read from ``config.json`` before the model is built (None without ``config.json``:
-    ``load_run`` then says what is missing).
+def _network_that_fits(run_dir, batch_size: int = 1):
+    """The :class:`~sparse_eoc.runs.network.NetworkSpec` of an MLP or CNN run whose weights (and, for
+    a CNN, a batch's activations) fit in memory, read from ``config.json`` before the model is
+    built (None without ``config.json``: ``load_run`` then says what is missing).
 
     Raises:
-        ValueError: ``config.json`` unreadable or without a valid network section, a CNN
-            run, or weights that cannot fit (twice: the model and the engine's copy).
+        ValueError: ``config.json`` unreadable or without a valid network section, a run of
+            another kind (residual networks), or weights that cannot fit (an MLP's twice: the
+            model and the engine's copy; for a CNN,
+            :func:`~sparse_eoc.infer.bench_cnn.cnn_memory_needed`'s weights and activations).
     """
     from pathlib import Path
 
@@ -187,14 +191,22 @@ def _network_that_fits(run_dir):
         spec = NetworkSpec.from_dict(read_json(path, what="a run's settings (a JSON object)").get("network"))
     except ValueError as err:
         raise ValueError(f"{path}: cannot rebuild the model: {err}") from err
-    if spec.kind != "mlp":
-        raise ValueError(f"{run_dir}: infer evaluates MLP runs; this is a {spec.kind} run "
-                         "(sparse_eoc.infer.cnn_flop_report reports a CNN's skippable multiply-adds)")
-    need, have = 2 * 4 * spec.n_parameters(), physical_memory_bytes()
+    if spec.kind not in ("mlp", "cnn"):
+        raise ValueError(f"{run_dir}: infer evaluates MLP and CNN runs; this is a {spec.kind} run")
+    have = physical_memory_bytes()
+    if spec.kind == "mlp":
+        need, what = 2 * 4 * spec.n_parameters(), f"depth-{spec.depth}, width-{spec.width} MLP"
+        why = "its float32 weights twice: the model and the engine's copy"
+    else:
+        from sparse_eoc.infer.bench_cnn import cnn_memory_needed
+
+        need = cnn_memory_needed(spec.channels, spec.depth, batch_size, image=spec.image_shape,
+                                 num_classes=spec.num_classes)
+        what = f"depth-{spec.depth} CNN with {spec.channels} channels"
+        why = f"its float32 weights several times and the activations of a batch of {batch_size}"
     if have is not None and need > have:
-        raise ValueError(f"{run_dir}: its depth-{spec.depth}, width-{spec.width} MLP needs at least "
-                         f"{need / 2**30:.3g} GiB to evaluate (its float32 weights twice: the model and the "
-                         f"engine's copy), more than the {have / 2**30:.3g} GiB of memory of this machine")
+        raise ValueError(f"{run_dir}: its {what} needs at least {need / 2**30:.3g} GiB to evaluate ({why}), more "
+                         f"than the {have / 2**30:.3g} GiB of memory of this machine")
     return spec
 
 
@@ -224,12 +236,16 @@ def evaluate_run(run_dir, data_dir, *, batch_size: int = 1, strategy: str = "aut
     """``sparse-eoc infer``: a run's test set through the engine and through the dense model.
 
     The test set is loaded as the run was trained (dataset, validation split and seed
-    from ``config.json``, so the standardisation is the same); the engine takes the
-    standardised zero pixel as its input offset. Torch runs with ``threads`` threads too.
+    from ``config.json``, so the standardisation is the same); the engine
+    (:class:`~sparse_eoc.infer.SparseEngine` for an MLP run,
+    :class:`~sparse_eoc.infer.SparseCNNEngine` for a CNN run) takes the standardised zero
+    pixel as its input offset. Torch runs with ``threads`` threads too.
 
     Args:
-        run_dir: an MLP run directory.  data_dir: the dataset's files.
-        batch_size: examples per call, >= 1.  strategy, threads, backend: of the engine.
+        run_dir: an MLP or CNN run directory.  data_dir: the dataset's files.
+        batch_size: examples per call, >= 1.  strategy, threads, backend: of the engine
+            (strategy: ``auto``, ``dense``, ``gather``, ``union``, ``csr`` for an MLP;
+            ``auto``, ``dense``, ``sparse`` for a CNN).
         limit: evaluate only the first ``limit`` test examples (None: all).
         repeats: timed passes over the data (median), >= 1.
 
@@ -237,8 +253,9 @@ def evaluate_run(run_dir, data_dir, *, batch_size: int = 1, strategy: str = "aut
         :func:`compare_with_dense`'s dict plus ``run`` and ``threads``.
 
     Raises:
-        ValueError: bad options (checked before the run is read); a CNN run; a network whose
-            weights cannot fit in memory (checked before it is built); an unfinished run or
+        ValueError: bad options (checked before the run is read; a strategy of the other kind
+            of network, before the model is built); a run of another kind (residual networks);
+            a network that cannot fit in memory (checked before it is built); an unfinished run or
             one that diverged before any epoch completed (no weights); a test set that is
             empty, of another image shape, or with labels outside the run's classes.
         FileNotFoundError: missing run files.
@@ -247,28 +264,44 @@ def evaluate_run(run_dir, data_dir, *, batch_size: int = 1, strategy: str = "aut
 
     from sparse_eoc.checks import check_int
     from sparse_eoc.data import load_image_dataset
+    from sparse_eoc.infer.cnn_engine import SparseCNNEngine
+    from sparse_eoc.infer.cnn_plan import CONV_STRATEGY_CHOICES
     from sparse_eoc.infer.engine import BACKENDS, SparseEngine, zero_pixel_offset
-    from sparse_eoc.infer.plan import strategy_code
+    from sparse_eoc.infer.plan import STRATEGY_CHOICES
     from sparse_eoc.nn.build import load_run
 
     batch_size = check_int("batch_size", batch_size)
     repeats = check_int("repeats", repeats)
     threads = check_int("threads", threads)
     limit = None if limit is None else check_int("limit", limit)
-    strategy_code(strategy)
+    if strategy not in STRATEGY_CHOICES + CONV_STRATEGY_CHOICES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGY_CHOICES)} (MLP) or "
+                         f"{', '.join(CONV_STRATEGY_CHOICES)} (CNN), got strategy={strategy!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got backend={backend!r}")
-    spec = _network_that_fits(run_dir)
+    spec = _network_that_fits(run_dir, batch_size)
+    if spec is not None:
+        valid = STRATEGY_CHOICES if spec.kind == "mlp" else CONV_STRATEGY_CHOICES
+        if strategy not in valid:
+            raise ValueError(f"strategy must be one of {', '.join(valid)} for a {spec.kind} run, got "
+                             f"strategy={strategy!r}")
     model, config = load_run(run_dir)
     data = load_image_dataset(config.get("dataset", "mnist"), data_dir, val_size=config.get("val_size", 0),
                               seed=config.get("seed", 0))
     _check_test_set(data, spec, run_dir, data_dir)
-    offset = zero_pixel_offset(data.mean, data.std, data.image_shape)
-    engine = SparseEngine.from_model(model, input_offset=offset, strategy=strategy, threads=threads,
-                                     backend=backend)
     x, y = data.x_test, data.y_test
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    if spec.kind == "cnn":
+        channels = data.image_shape[0]
+        offset = zero_pixel_offset(data.mean, data.std, (channels, 1, 1))  # (C_0,): one per image channel
+        engine = SparseCNNEngine.from_model(model, input_offset=offset, strategy=strategy, threads=threads,
+                                            backend=backend)
+        x = x.reshape(len(x), *data.image_shape)  # (N, C, H, W)
+    else:
+        offset = zero_pixel_offset(data.mean, data.std, data.image_shape)
+        engine = SparseEngine.from_model(model, input_offset=offset, strategy=strategy, threads=threads,
+                                         backend=backend)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

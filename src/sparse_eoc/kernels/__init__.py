@@ -1,6 +1,6 @@
 """Compiled row kernels on W^T (numba; no torch), shared by the inference engine (``sparse_eoc.infer``)
 and sparse training (``sparse_eoc.nn.sparse_linear``). Importing this package imports neither numba
-nor torch; its modules need numba (``pip install 'sparse-eoc[fast]'``)."""
+nor torch; its modules need numba (``pip install 'numba>=0.60'``)."""
 
 from __future__ import annotations
 

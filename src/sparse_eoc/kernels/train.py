@@ -25,67 +25,65 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from sparse_eoc.kernels.rows import axpy_rows, csr_rows_tile, to_csr
+from sparse_eoc.kernels.rows import axpy_rows, csr_rows_tile
 
-__all__ = ["nonzero_csr", "active_csr", "transpose_csr", "forward_tile", "grad_weight_tile", "grad_input_tile"]
+__all__ = ["input_patterns", "forward_tile", "grad_weight_tile", "grad_input_tile"]
 
 _U = np.uint64
 
 
 @njit(cache=True, nogil=True)
-def nonzero_csr(a):
-    """The nonzeros of a (B, N) as CSR (indptr (B + 1,), idx (nnz,), vals (nnz,)), rows ascending."""
-    batch, n = a.shape
-    counts = np.zeros(batch, np.int64)
-    for b in range(batch):
-        for j in range(n):
-            counts[b] += a[b, j] != 0
-    return to_csr(a, counts, True)
+def input_patterns(a, m):
+    """The sparsity patterns of a layer's input a (B, N) that its three products read, in two passes over a.
 
+    Returns ``(indptr, idx, vals, colptr, rows, tvals, act_ptr, act_idx)``:
 
-@njit(cache=True, nogil=True)
-def active_csr(a, m):
-    """The entries of a (B, N) where the activation's derivative is nonzero: a != 0 and |a| < m
-    (m = inf: every nonzero), as CSR (indptr (B + 1,), idx (n_active,)), units ascending."""
+    - the nonzeros of a as CSR: indptr (B + 1,), idx (nnz,) units ascending, vals (nnz,);
+    - the same nonzeros as CSC (the CSR of a^T): colptr (N + 1,), rows (nnz,) examples
+      ascending, tvals (nnz,);
+    - the entries where the activation's derivative is nonzero, a != 0 and |a| < m (m = inf:
+      every nonzero), as CSR without values: act_ptr (B + 1,), act_idx (n_active,).
+    """
     batch, n = a.shape
     indptr = np.zeros(batch + 1, np.int64)
-    for b in range(batch):
-        c = 0
-        for j in range(n):
-            v = a[b, j]
-            c += (v != 0) & (abs(v) < m)
-        indptr[b + 1] = indptr[b] + c
-    idx = np.empty(indptr[batch], np.int64)
-    for b in range(batch):
-        k = indptr[b]
-        for j in range(n):
-            v = a[b, j]
-            if (v != 0) & (abs(v) < m):
-                idx[k] = j
-                k += 1
-    return indptr, idx
-
-
-@njit(cache=True, nogil=True)
-def transpose_csr(indptr, idx, vals, n):
-    """CSR of a (B, n) -> CSR of a^T (n, B): (colptr (n + 1,), rows (nnz,), vals (nnz,)), each
-    column's examples ascending (a counting sort: O(nnz + n))."""
-    batch = len(indptr) - 1
+    act_ptr = np.zeros(batch + 1, np.int64)
     colptr = np.zeros(n + 1, np.int64)
-    for k in range(indptr[batch]):
-        colptr[idx[k] + 1] += 1
+    for b in range(batch):  # pass 1: counts per example, per unit, and of the active entries
+        c = 0
+        c_act = 0
+        for j in range(n):
+            v = a[b, j]
+            nz = v != 0
+            c += nz
+            c_act += nz & (abs(v) < m)
+            colptr[j + 1] += nz
+        indptr[b + 1] = indptr[b] + c
+        act_ptr[b + 1] = act_ptr[b] + c_act
     for j in range(n):
         colptr[j + 1] += colptr[j]
-    fill = colptr[:n].copy()
-    rows = np.empty(indptr[batch], np.int64)
-    tvals = np.empty(indptr[batch], vals.dtype)
-    for b in range(batch):
-        for k in range(indptr[b], indptr[b + 1]):
-            j = idx[k]
-            rows[fill[j]] = b
-            tvals[fill[j]] = vals[k]
-            fill[j] += 1
-    return colptr, rows, tvals
+    nnz = indptr[batch]
+    idx = np.empty(nnz, np.int64)
+    vals = np.empty(nnz, a.dtype)
+    rows = np.empty(nnz, np.int64)
+    tvals = np.empty(nnz, a.dtype)
+    act_idx = np.empty(act_ptr[batch], np.int64)
+    fill = colptr[:n].copy()  # each unit's next slot in the CSC
+    for b in range(batch):  # pass 2: fill all three, examples in order (so each column's rows ascend)
+        k = indptr[b]
+        k_act = act_ptr[b]
+        for j in range(n):
+            v = a[b, j]
+            if v != 0:
+                idx[k] = j
+                vals[k] = v
+                k += 1
+                rows[fill[j]] = b
+                tvals[fill[j]] = v
+                fill[j] += 1
+                if abs(v) < m:
+                    act_idx[k_act] = j
+                    k_act += 1
+    return indptr, idx, vals, colptr, rows, tvals, act_ptr, act_idx
 
 
 @njit(cache=True, nogil=True)

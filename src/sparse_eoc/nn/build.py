@@ -9,6 +9,14 @@ experiment, the inference benchmark and the tests share::
     model = build_model(spec)
     init_from_point_(model, point, mean_square_input=data.mean_square_input,
                      generator=torch.Generator().manual_seed(0))
+
+A residual network (docs/theory.md section 8) takes its sites' parameters from a
+:class:`~sparse_eoc.gp.ResidualInit` instead of the point::
+
+    residual = residual_init(point, depth=100)          # per-layer thresholds, alpha = 1 / sqrt(100)
+    spec = NetworkSpec(kind="resmlp", ..., depth=100, residual_scale=residual.residual_scale,
+                       site_taus=residual.site_taus, site_ms=residual.site_ms, width=300)
+    init_from_point_(build_model(spec), residual, mean_square_input=..., generator=...)
 """
 
 from __future__ import annotations
@@ -24,32 +32,45 @@ from sparse_eoc.nn.cnn import SparseCNN
 from sparse_eoc.nn.device import resolve_device
 from sparse_eoc.nn.init import init_eoc_, input_weight_variance
 from sparse_eoc.nn.mlp import SparseMLP
+from sparse_eoc.nn.resnet import ResCNN, ResMLP, init_residual_
 from sparse_eoc.runs.files import CONFIG_FILE, MODEL_FILE, RESULT_FILE, read_json, read_result
 from sparse_eoc.runs.network import NetworkSpec
 
 __all__ = ["build_model", "init_from_point_", "check_fits", "device_memory_bytes", "load_run"]
 
 
-def build_model(spec: NetworkSpec) -> SparseMLP | SparseCNN:
+Model = SparseMLP | SparseCNN | ResMLP | ResCNN
+
+
+def build_model(spec: NetworkSpec) -> Model:
     """The untrained module a :class:`NetworkSpec` describes (PyTorch's default init)."""
     act = (spec.activation, spec.tau, spec.m)
     if spec.kind == "mlp":
         return SparseMLP(spec.in_features, spec.num_classes, spec.depth, spec.width, *act)
-    return SparseCNN(spec.image_shape[0], spec.num_classes, spec.depth, spec.channels, *act,
-                     kernel_size=spec.kernel_size, padding_mode=spec.padding_mode)
+    if spec.kind == "cnn":
+        return SparseCNN(spec.image_shape[0], spec.num_classes, spec.depth, spec.channels, *act,
+                         kernel_size=spec.kernel_size, padding_mode=spec.padding_mode)
+    sites = (spec.activation, spec.site_taus, spec.site_ms)
+    if spec.kind == "resmlp":
+        return ResMLP(spec.in_features, spec.num_classes, spec.depth, spec.width, *sites,
+                      residual_scale=spec.residual_scale)
+    return ResCNN(spec.image_shape[0], spec.num_classes, spec.depth, spec.channels, *sites,
+                  kernel_size=spec.kernel_size, padding_mode=spec.padding_mode, residual_scale=spec.residual_scale)
 
 
 def init_from_point_(
-    model: SparseMLP | SparseCNN,
+    model: Model,
     point,
     *,
     mean_square_input: float,
     weight_init: str = "gaussian",
     generator: torch.Generator | None = None,
 ) -> float:
-    """Initialise ``model`` in place at the EoC point ``point`` (a ``sparse_eoc.gp.EoCPoint``).
+    """Initialise ``model`` in place at the EoC point ``point`` (a ``sparse_eoc.gp.EoCPoint``), or a
+    residual network by its :class:`~sparse_eoc.gp.ResidualInit`.
 
-    Hidden layers get (sigma_w2, sigma_b2) of the point; the first layer's weight variance
+    Hidden layers get (sigma_w2, sigma_b2) of the point (a residual network: of each site,
+    :func:`~sparse_eoc.nn.resnet.init_residual_`); the first layer's (the stem's) weight variance
     is chosen so that its pre-activations have variance q* on inputs of mean square
     ``mean_square_input`` (:func:`~sparse_eoc.nn.init.input_weight_variance`; paper Section 5).
 
@@ -57,11 +78,21 @@ def init_from_point_(
         The first layer's sigma_w^2 (what ``config.json["eoc"]["input_sigma_w2"]`` records).
 
     Raises:
-        ValueError: as :func:`~sparse_eoc.nn.init.init_eoc_` and ``input_weight_variance``.
+        ValueError: as :func:`~sparse_eoc.nn.init.init_eoc_`, ``init_residual_`` and
+            ``input_weight_variance``; a residual network given a plain point, or the reverse.
     """
-    input_sigma_w2 = input_weight_variance(point.q_star, point.sigma_b2, mean_square_input)
-    init_eoc_(model, point.sigma_w2, point.sigma_b2, input_sigma_w2=input_sigma_w2, generator=generator,
-              weight_init=weight_init)
+    residual = isinstance(model, (ResMLP, ResCNN))
+    if residual != hasattr(point, "sites"):
+        raise ValueError(f"a {type(model).__name__} is initialised from "
+                         f"{'a ResidualInit (sparse_eoc.gp.residual_init)' if residual else 'an EoCPoint'}, "
+                         f"got a {type(point).__name__}")
+    base = point.base if residual else point
+    input_sigma_w2 = input_weight_variance(base.q_star, base.sigma_b2, mean_square_input)
+    if residual:
+        init_residual_(model, point, input_sigma_w2=input_sigma_w2, weight_init=weight_init, generator=generator)
+    else:
+        init_eoc_(model, point.sigma_w2, point.sigma_b2, input_sigma_w2=input_sigma_w2, generator=generator,
+                  weight_init=weight_init)
     return input_sigma_w2
 
 
@@ -87,13 +118,13 @@ def check_fits(spec: NetworkSpec, device: torch.device, *, batch_size: int, opti
     need = spec.memory_bytes(batch_size, training=training, bytes_per_value=bytes_per_value)
     have = device_memory_bytes(device)
     if have is not None and need > have:
-        size = f"width {spec.width}" if spec.kind == "mlp" else f"{spec.channels} channels"
+        size = f"{spec.channels} channels" if spec.channels is not None else f"width {spec.width}"
         raise ValueError(f"{option}: a depth-{spec.depth}, {size} {spec.kind} at batch {batch_size} needs at least "
                          f"{need / 2**30:.3g} GiB to {'train' if training else 'run'}, more than the "
                          f"{have / 2**30:.3g} GiB of {device}")
 
 
-def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[SparseMLP | SparseCNN, dict[str, Any]]:
+def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[Model, dict[str, Any]]:
     """Rebuild a finished run's trained model from its directory.
 
     Returns:

@@ -43,8 +43,8 @@ __all__ = ["KERNEL_CHOICES", "SparseLinearFunction", "set_kernels_", "sparse_pay
 FORWARD_COL_TILE = 2048  # output columns per tile of the forward: the (B, T) tile of y
 FORWARD_ROW_BLOCK = 64  # weight rows per block of the forward, shared by the batch while in cache
 WEIGHT_COL_TILE = 4096  # columns per tile of dW^T: the (B, T) tile of dy every row j reads
-INPUT_COL_TILE = 1024  # columns per tile of the input gradient's dot products
-INPUT_ROW_BLOCK = 16  # weight rows per block of the input gradient
+INPUT_COL_TILE = 2048  # columns per tile of the input gradient's dot products
+INPUT_ROW_BLOCK = 128  # weight rows per block of the input gradient (1024 x 16: 27 ms at width 4096, this: 20)
 PARALLEL_MIN_MACS = 4_000_000  # multiply-adds per thread of a product below which it runs on one thread
 
 
@@ -117,7 +117,9 @@ class SparseLinearFunction(torch.autograd.Function):
         wt = _transposed(weight)  # (N_in, N_out) row-major: W^T
         b_np = bias.detach().numpy()  # (N_out,)
         batch, n_out = a_np.shape[0], wt.shape[1]
-        indptr, idx, vals = k.nonzero_csr(a_np)
+        # The nonzeros as CSR (forward) and CSC (dW), and where phi' != 0 (da); m in a's dtype, as the clip applied it.
+        patterns = k.input_patterns(a_np, a_np.dtype.type(m))
+        indptr, idx, vals = patterns[:3]
         # More threads only where each gets enough work to pay for waking it (a width-300 layer does not).
         threads = max(1, min(torch.get_num_threads(), int(indptr[-1]) * n_out // PARALLEL_MIN_MACS))
         y = np.empty((batch, n_out), a_np.dtype)  # (B, N_out)
@@ -129,7 +131,7 @@ class SparseLinearFunction(torch.autograd.Function):
 
         _run_parts(part, -(-n_out // 16), threads)  # in groups of 16 columns (64-byte lines)
         ctx.save_for_backward(a, weight)
-        ctx.csr, ctx.m, ctx.threads = (indptr, idx, vals), m, threads
+        ctx.patterns, ctx.threads = patterns, threads
         return torch.from_numpy(y)
 
     @staticmethod
@@ -142,7 +144,7 @@ class SparseLinearFunction(torch.autograd.Function):
         n_in = a_np.shape[1]
         grad_a = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
-            colptr, rows, tvals = k.transpose_csr(*ctx.csr, n_in)
+            colptr, rows, tvals = ctx.patterns[3:6]
             dwt = np.empty(wt.shape, dy_np.dtype)  # (N_in, N_out): dW^T, written whole
             _run_parts(lambda j0, j1: k.grad_weight_tile(dwt, dy_np, colptr, rows, tvals, j0, j1,
                                                                 WEIGHT_COL_TILE),
@@ -151,13 +153,13 @@ class SparseLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_b = dy.sum(0)
         if ctx.needs_input_grad[0]:
-            indptr, idx = k.active_csr(a_np, a_np.dtype.type(ctx.m))  # m in a's dtype, as the clip applied it
+            indptr, idx = ctx.patterns[6:]
             da = np.zeros(a_np.shape, dy_np.dtype)  # (B, N_in): 0 where phi' = 0
             _run_parts(lambda j0, j1: k.grad_input_tile(da, dy_np, wt, indptr, idx, j0, j1, INPUT_COL_TILE,
                                                                INPUT_ROW_BLOCK),
                        n_in, ctx.threads)
             grad_a = torch.from_numpy(da)
-        ctx.csr = None
+        ctx.patterns = None
         return grad_a, grad_w, grad_b, None
 
 
@@ -183,8 +185,18 @@ def sparse_pays(batch: int, n_in: int, n_out: int, density: float, threads: int 
 
 
 def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
-    """The pre-activation of SparseMLP's hidden layers under its ``kernels`` choice."""
-    m = model.act.m
+    """The pre-activation of the hidden layers of a SparseMLP or ResMLP under its ``kernels`` choice.
+
+    ``hidden[i]`` (i >= 1) reads an activation's output, whose clip m (where the input gradient
+    is 0) is ``model.act.m`` for the SparseMLP and that of ``model.sites[i - 1]`` for the ResMLP
+    (one (tau, m) per activation site), or of ``model.act[i - 1]`` for a SparseMLP whose
+    activation ``sparse_eoc.sparsify`` split into one site per layer.
+    """
+    sites = getattr(model, "sites", None)
+    if sites is None and isinstance(model.act, nn.ModuleList):
+        sites = model.act
+    clips = {id(layer): float(model.act.m if sites is None else sites[i - 1].m)
+             for i, layer in enumerate(model.hidden) if i > 0}
 
     def pre_activation(layer: nn.Linear, x: Tensor, bias: Tensor) -> Tensor:
         if (getattr(layer, "sparse_input", False) and torch.is_grad_enabled() and model.training
@@ -192,33 +204,37 @@ def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]
             if model.kernels == "sparse" or sparse_pays(x.shape[0], x.shape[1], layer.out_features,
                                                         float(torch.count_nonzero(x)) / x.numel(),
                                                         torch.get_num_threads()):
-                return SparseLinearFunction.apply(x.contiguous(), layer.weight, bias, m)
+                return SparseLinearFunction.apply(x.contiguous(), layer.weight, bias, clips[id(layer)])
         return F.linear(x, layer.weight, bias)  # (B, out_features)
 
     return pre_activation
 
 
 def set_kernels_(model, kernels: str):
-    """Choose the training kernels of a :class:`~sparse_eoc.nn.mlp.SparseMLP`, in place; returns it.
+    """Choose the training kernels of a :class:`~sparse_eoc.nn.mlp.SparseMLP` or
+    :class:`~sparse_eoc.nn.resnet.ResMLP`, in place; returns it.
 
     Args:
-        model: a SparseMLP (its ``hidden`` layers after the first take activations as input).
+        model: a SparseMLP or ResMLP (its ``hidden`` layers after the first take activations
+            as input: the ResMLP's block layers read their sites' outputs).
         kernels: ``dense``, ``sparse`` or ``auto`` (see the module docstring).
 
     Raises:
         ValueError: an unknown choice, ``sparse`` without numba installed, or ``sparse`` for a
-            model that is not a SparseMLP (the message names ``--kernels``).
+            model that is neither (the message names ``--kernels``).
     """
     from sparse_eoc.nn.mlp import SparseMLP
+    from sparse_eoc.nn.resnet import ResMLP
 
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, got --kernels {kernels!r}")
-    if kernels == "sparse" and not isinstance(model, SparseMLP):
-        raise ValueError(f"--kernels sparse applies to the MLP only, not to a {type(model).__name__}; "
-                         "use --kernels dense or auto")
+    dense_layers = isinstance(model, (SparseMLP, ResMLP))
+    if kernels == "sparse" and not dense_layers:
+        raise ValueError(f"--kernels sparse applies to the MLP only (SparseMLP, ResMLP), not to a "
+                         f"{type(model).__name__}; use --kernels dense or auto")
     if kernels == "sparse" and not kernels_available():
-        raise ValueError("--kernels sparse needs numba (pip install 'sparse-eoc[fast]'); use --kernels dense")
-    if not isinstance(model, SparseMLP) or not kernels_available():
+        raise ValueError("--kernels sparse needs numba (pip install 'numba>=0.60'); use --kernels dense")
+    if not dense_layers or not kernels_available():
         kernels = "dense"
     model.kernels = kernels
     for i, layer in enumerate(model.hidden):

@@ -13,17 +13,23 @@ host-device synchronisation until :meth:`SparsityMeter.per_layer` or
 :meth:`SparsityMeter.overall` is read. On ``benchmarks/train_step.py`` metering
 costs about 2-3 % of a training step, for the depth-30 width-300 MLP and for the
 depth-10 32-channel CNN alike.
+
+:func:`measure_sparsity` meters any model instead, by forward hooks on its sparse
+activation modules (e.g. after :func:`sparse_eoc.nn.sparsify.sparsify`): one
+fraction per activation site, in the order the sites run.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SparsityMeter", "count_nonzero"]
+from sparse_eoc.nn.activations import SparseActivation
+
+__all__ = ["SparsityMeter", "count_nonzero", "measure_sparsity"]
 
 # Largest n such that every integer in [0, n] is exact in the dtype (2^(mantissa bits + 1)).
 _EXACT_INTEGERS = {torch.float16: 2**11, torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53}
@@ -179,3 +185,108 @@ class SparsityMeter:
     def __repr__(self) -> str:
         layers = 0 if self._nonzero is None else self._nonzero.shape[0]
         return f"SparsityMeter(layers={layers}, batches={self.num_batches}, examples={self.num_examples})"
+
+
+# ---------------------------------------------------------------------- any model, by hooks
+
+
+def _batch_inputs(batches: Tensor | Iterable, name: str = "batches") -> list[Tensor]:
+    """The model inputs of ``batches``: a tensor (one batch), or an iterable of tensors or of
+    (input, target) pairs (a DataLoader's ``[x, y]`` lists too); the targets are dropped.
+
+    Raises:
+        ValueError: no batch, or an element that is neither a tensor nor a sequence whose first
+            item is one (the message names ``name`` and the element's index and type).
+    """
+    if isinstance(batches, Tensor):
+        return [batches]
+    if isinstance(batches, (str, bytes, dict)) or not isinstance(batches, Iterable):
+        raise ValueError(f"{name} must be a tensor or an iterable of tensors or of (input, target) pairs, "  # noqa: TRY004
+                         f"got {type(batches).__name__}")
+    inputs = []
+    for i, item in enumerate(batches):
+        if isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
+            item = item[0]  # (input, target)
+        if not isinstance(item, Tensor):
+            raise ValueError(f"{name}[{i}] must be a tensor or an (input, target) pair with a tensor input, "  # noqa: TRY004
+                             f"got {type(item).__name__}")
+        inputs.append(item)
+    if not inputs:
+        raise ValueError(f"{name} must hold at least one batch, got an empty {type(batches).__name__}")
+    return inputs
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer; None for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return None
+
+
+@contextlib.contextmanager
+def _frozen_buffers(model: nn.Module) -> Iterator[None]:
+    """Give every buffer of ``model`` (BatchNorm running statistics, ...) its entry value back on exit."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def measure_sparsity(model: nn.Module, batches: Tensor | Iterable) -> dict[str, float]:
+    """The fraction of exact zeros at each sparse activation site of ``model`` over ``batches``.
+
+    A **site** is a :class:`~sparse_eoc.nn.activations.SparseActivation` module that runs as a
+    module call (so a forward hook sees its output): the per-site modules
+    :func:`sparse_eoc.nn.sparsify.sparsify` installs, or any activation module of this package
+    applied as ``act(h)``. Its sparsity is the fraction of its outputs that are exactly 0 over
+    all calls and all elements (batch, positions, channels) (docs/theory.md section 2). A
+    module called several times per forward is one site (``sparsify`` splits those into one
+    module per call). The model runs in its current mode under ``torch.no_grad()``; its buffers
+    (BatchNorm running statistics) are left as they were. The unsparsified
+    :class:`~sparse_eoc.nn.mlp.SparseMLP` / :class:`~sparse_eoc.nn.cnn.SparseCNN` apply their
+    activation inside a fused loop that no hook sees: meter those with :class:`SparsityMeter`.
+
+    Args:
+        model: any ``nn.Module``.
+        batches: a tensor (one batch), or an iterable of tensors or of (input, target) pairs;
+            each input is moved to the model's device and passed as ``model(input)``.
+
+    Returns:
+        ``{module path: sparsity in [0, 1]}`` for every site that ran, in the order the sites
+        first ran (e.g. ``{"layer1.0.relu.0": 0.70, "layer1.0.relu.1": 0.71, ...}``).
+
+    Raises:
+        ValueError: ``batches`` malformed or empty, or no site ran (the model has no sparse
+            activation module applied as a module call).
+    """
+    inputs = _batch_inputs(batches)
+    device = _model_device(model)
+    paths = {id(mod): path for path, mod in model.named_modules() if isinstance(mod, SparseActivation)}
+    counts: dict[str, list] = {}  # path -> [nonzero (0-d int64 on device), numel]
+    scratch: dict[str, Tensor] = {}
+
+    def hook(module: nn.Module, args, out: Tensor) -> None:
+        path = paths[id(module)]
+        count = counts.setdefault(path, [0, 0])
+        buf = scratch.get(path)
+        if buf is None or buf.numel() < out.numel() or buf.dtype != out.dtype or buf.device != out.device:
+            buf = scratch[path] = torch.empty(out.numel(), dtype=out.dtype, device=out.device)
+        count[0] = count[0] + count_nonzero(out, buf)  # stays on the device
+        count[1] += out.numel()
+
+    handles = [mod.register_forward_hook(hook) for path, mod in model.named_modules() if id(mod) in paths]
+    try:
+        with torch.no_grad(), _frozen_buffers(model):
+            for x in inputs:
+                model(x if device is None else x.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not counts:
+        raise ValueError(f"model has no sparse activation site that runs as a module call "
+                         f"({type(model).__name__}); sparsify it first, or meter a SparseMLP / "
+                         "SparseCNN with SparsityMeter")
+    return {path: (numel - int(nonzero)) / numel for path, (nonzero, numel) in counts.items()}

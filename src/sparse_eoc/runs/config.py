@@ -26,7 +26,7 @@ from sparse_eoc.runs.presets import PRESETS, get_preset
 
 __all__ = [
     "TrainConfig", "OPTIMIZERS", "MODELS", "PADDING_MODES", "WEIGHT_INITS", "DATASETS", "LR_SCHEDULES",
-    "KERNEL_CHOICES",
+    "KERNEL_CHOICES", "RESIDUAL_MODELS", "CONV_MODELS", "DENSE_MODELS", "THRESHOLD_CHOICES",
     "ACTIVATION_CHOICES", "SETTING_KINDS", "RESOLVED_KEYS", "NAME_FREE_SETTINGS", "RESUME_FREE_SETTINGS",
     "CELL_FREE_SETTINGS", "settings_of_kind", "default_settings", "name_settings", "settings_differences",
     "check_same_settings", "setting_type", "option_name", "parse_overrides", "read_config_file", "layer_settings",
@@ -35,10 +35,14 @@ __all__ = [
 
 # The choice lists of the settings: the one place each is written (nn, train and the CLI read them here).
 OPTIMIZERS = ("sgd", "adam")
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "resmlp", "rescnn")
+RESIDUAL_MODELS = ("resmlp", "rescnn")  # h + alpha (branch): docs/theory.md section 8
+CONV_MODELS = ("cnn", "rescnn")  # on images (B, C, H, W): channels, kernel_size, padding_mode, augment
+DENSE_MODELS = ("mlp", "resmlp")  # on flattened inputs: width; the sparse training kernels
+THRESHOLD_CHOICES = ("per-layer", "fixed")  # of a residual model (sparse_eoc.gp.residual.THRESHOLDS)
 DATASETS = ("mnist", "cifar10")
 PADDING_MODES = ("zeros", "circular")  # of the CNN's "same" convolutions
-WEIGHT_INITS = ("gaussian", "delta_orthogonal")  # of init_eoc_ (delta_orthogonal: CNN only)
+WEIGHT_INITS = ("gaussian", "delta_orthogonal")  # of init_eoc_ (delta_orthogonal: cnn and rescnn only)
 LR_SCHEDULES = ("none", "cosine")  # constant, or per-step cosine decay to 0
 KERNEL_CHOICES = ("dense", "sparse", "auto")  # the MLP's training kernels (sparse_eoc.nn.sparse_linear)
 ACTIVATION_CHOICES = (*ALIASES, *ACTIVATIONS)
@@ -81,6 +85,13 @@ class TrainConfig:
     Linear(784, 300) -> phi -> Linear(300, 300) -> phi -> Linear(300, 300) -> phi -> Linear(300, 10).
     ``model="cnn"``: ``depth`` k x k conv layers of ``channels`` channels each followed
     by the activation, then global average pooling and a linear readout.
+    ``model="resmlp"``: a linear stem, ``depth`` residual blocks h + alpha (W phi(h) + b) of
+    ``width`` units, the head activation, a linear readout (docs/theory.md section 8): depth = 2 means
+    h1 = Linear(784, 300)(x), h2 = h1 + alpha Linear(300, 300)(phi(h1)), h3 = h2 + alpha
+    Linear(300, 300)(phi(h2)), Linear(300, 10)(phi(h3)): 3 activation sites.
+    ``model="rescnn"``: a conv stem, ``depth`` blocks of two k x k convs
+    h + alpha conv(phi(conv(phi(h)))), the head activation, pooling and the readout
+    (2 x depth + 1 activation sites).
     """
 
     activation: str = _setting("crelu", "activation (relu = relu_tau with tau = 0)", choices=ACTIVATION_CHOICES)
@@ -89,13 +100,19 @@ class TrainConfig:
     m: float | None = _setting(None, "the clip m > 0 for crelu/cst (exclusive with slope)")
     q_star: float = _setting(1.0, "fixed point q* of the variance map (the paper: 1)")
     model: str = _setting("mlp", "network kind", choices=MODELS)
-    depth: int = _setting(30, "hidden (MLP) or conv (CNN) layers")
-    width: int = _setting(300, "units per hidden layer (MLP)")
-    channels: int = _setting(32, "channels per conv layer (CNN)")
-    kernel_size: int = _setting(3, "odd kernel size k of the k x k convolutions (CNN)")
+    depth: int = _setting(30, "hidden (MLP) or conv (CNN) layers, or residual blocks (resmlp, rescnn)")
+    width: int = _setting(300, "units per hidden layer (MLP, resmlp)")
+    channels: int = _setting(32, "channels per conv layer (CNN, rescnn)")
+    kernel_size: int = _setting(3, "odd kernel size k of the k x k convolutions (CNN, rescnn)")
     padding_mode: str = _setting("zeros", "padding of the CNN's same convolutions", choices=PADDING_MODES)
-    weight_init: str = _setting("gaussian", "gaussian, or delta_orthogonal (CNN; Xiao et al. 2018)",
+    weight_init: str = _setting("gaussian", "gaussian, or delta_orthogonal (CNN, rescnn; Xiao et al. 2018)",
                                 choices=WEIGHT_INITS)
+    residual_scale: float | None = _setting(None, "branch scale alpha of resmlp/rescnn, h + alpha (W phi(h) + b), "
+                                                  "> 0 (none: 1 / sqrt(depth))", missing_means=None)
+    thresholds: str = _setting("per-layer", "resmlp/rescnn: per-layer (tau, m of each activation site solved at "
+                                            "its predicted variance: the sparsity holds at every site) or fixed "
+                                            "(the EoC point at q* at every site)",
+                               choices=THRESHOLD_CHOICES, missing_means="per-layer")
     epochs: int = _setting(5, "passes over the training split (0: initialise and save the weights only)")
     optimizer: str = _setting("sgd", "optimiser (sgd with momentum is the paper's)", choices=OPTIMIZERS)
     lr: float = _setting(1e-3, "learning rate")
@@ -151,20 +168,32 @@ class TrainConfig:
         if self.threads is not None:
             check_int("threads", self.threads)
         for name, valid in (("model", MODELS), ("padding_mode", PADDING_MODES), ("weight_init", WEIGHT_INITS),
-                            ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES)):
+                            ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES), ("thresholds", THRESHOLD_CHOICES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, got {name}={getattr(self, name)!r}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same padding), got kernel_size={self.kernel_size!r}")
-        if self.weight_init == "delta_orthogonal" and self.model != "cnn":
-            raise ValueError("weight_init=delta_orthogonal applies to model=cnn only")
+        if self.weight_init == "delta_orthogonal" and self.model not in CONV_MODELS:
+            raise ValueError("weight_init=delta_orthogonal applies to model=cnn or rescnn only")
         if self.kernels not in KERNEL_CHOICES:
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got kernels={self.kernels!r}")
-        if self.kernels == "sparse" and self.model != "mlp":
-            raise ValueError(f"--kernels sparse applies to --model mlp only, not to --model {self.model}; "
+        if self.kernels == "sparse" and self.model not in DENSE_MODELS:
+            raise ValueError(f"--kernels sparse applies to --model mlp only (or resmlp), not to --model {self.model}; "
                              "use --kernels dense or auto (auto runs the CNN dense)")
-        if self.augment and self.model != "cnn":
-            raise ValueError("augment (random crop and flip) applies to model=cnn only")
+        if self.augment and self.model not in CONV_MODELS:
+            raise ValueError("augment (random crop and flip) applies to model=cnn or rescnn only")
+        if self.model not in RESIDUAL_MODELS:
+            if self.residual_scale is not None:
+                raise ValueError(f"residual_scale applies to model=resmlp or rescnn only, got "
+                                 f"residual_scale={self.residual_scale!r} with model={self.model!r}")
+            if self.thresholds != "per-layer":
+                raise ValueError(f"thresholds={self.thresholds!r} applies to model=resmlp or rescnn only (a plain "
+                                 f"network on the EoC has the same variance q* at every layer)")
+        value = self.residual_scale
+        if value is not None and (isinstance(value, bool) or not (isinstance(value, (int, float))
+                                                                  and math.isfinite(value) and value > 0)):
+            raise ValueError(f"residual_scale must be a finite number > 0 (none: 1 / sqrt(depth)), "
+                             f"got residual_scale={value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("lr", "q_star", "readout_lr_scale"):
@@ -396,7 +425,8 @@ def layer_settings(*, config_file: str | os.PathLike | None = None, preset: str 
     (the command line's options).
 
     An explicit choice replaces what it excludes in the layers below: ``m`` and ``slope``
-    are alternatives, an unclipped activation takes neither, and ``relu`` fixes the sparsity.
+    are alternatives, an unclipped activation takes neither, ``relu`` fixes the sparsity, and
+    a model that is not residual takes no ``residual_scale`` or ``thresholds``.
 
     Raises:
         ValueError: an unreadable config file, an unknown preset, or settings TrainConfig rejects.
@@ -411,6 +441,8 @@ def layer_settings(*, config_file: str | os.PathLike | None = None, preset: str 
         settings.pop("m", None), settings.pop("slope", None)
     if explicit.get("activation") == "relu":
         settings.pop("sparsity", None)
+    if "model" in explicit and explicit["model"] not in RESIDUAL_MODELS:
+        settings.pop("residual_scale", None), settings.pop("thresholds", None)
     return TrainConfig(**{**settings, **explicit})
 
 

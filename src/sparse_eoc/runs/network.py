@@ -10,6 +10,11 @@ Example (an MLP of depth 3 on MNIST)::
                        activation="crelu", tau=1.04, m=0.81, width=300)
     spec.to_dict()["m"]          # 0.81; with m = inf: None
     NetworkSpec.from_dict(spec.to_dict()) == spec
+
+A residual network (``resmlp``, ``rescnn``; docs/theory.md section 8) also records its branch scale
+alpha and one (tau, m) per activation site (``site_taus``, ``site_ms``, forward order, the head
+site last: depth + 1 sites for ``resmlp``, 2 depth + 1 for ``rescnn``); its ``tau`` and ``m`` are
+the first site's.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ from typing import Any, Mapping
 
 from sparse_eoc.activations import canonical_name
 from sparse_eoc.checks import check_int
-from sparse_eoc.runs.config import MODELS, PADDING_MODES, TrainConfig
+from sparse_eoc.runs.config import (
+    CONV_MODELS,
+    MODELS,
+    PADDING_MODES,
+    RESIDUAL_MODELS,
+    TrainConfig,
+)
 
 __all__ = ["NetworkSpec"]
 
@@ -30,15 +41,17 @@ class NetworkSpec:
     """What rebuilds a network: its kind, sizes and activation parameters.
 
     Attributes:
-        kind: ``mlp`` or ``cnn``.
+        kind: ``mlp``, ``cnn``, ``resmlp`` or ``rescnn``.
         image_shape: (C, H, W) of one input image.
         num_classes: outputs of the readout, >= 1.
-        depth: hidden (MLP) or conv (CNN) layers, >= 1.
+        depth: hidden (MLP) or conv (CNN) layers, or residual blocks (resmlp, rescnn), >= 1.
         activation: a registry name (``relu_tau``, ``st_tau``, ``crelu``, ``cst``).
-        tau: the threshold, >= 0.
-        m: the clip, > 0; ``math.inf`` when unclipped.
-        width: units per hidden layer (MLP only).
-        channels, kernel_size, padding_mode: the conv layers (CNN only).
+        tau: the threshold, >= 0 (a residual network's first site).
+        m: the clip, > 0; ``math.inf`` when unclipped (a residual network's first site).
+        width: units per hidden layer (mlp, resmlp only).
+        channels, kernel_size, padding_mode: the conv layers (cnn, rescnn only).
+        residual_scale: the branch scale alpha > 0 (resmlp, rescnn only).
+        site_taus, site_ms: one tau and one m per activation site (resmlp, rescnn only; ``n_sites`` each).
     """
 
     kind: str
@@ -52,6 +65,9 @@ class NetworkSpec:
     channels: int | None = None
     kernel_size: int | None = None
     padding_mode: str | None = None
+    residual_scale: float | None = None
+    site_taus: tuple[float, ...] | None = None
+    site_ms: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in MODELS:
@@ -64,14 +80,41 @@ class NetworkSpec:
             raise ValueError(f"tau must be a finite number >= 0, got tau={self.tau!r}")
         if not (isinstance(self.m, (int, float)) and self.m > 0):
             raise ValueError(f"m must be a number > 0 (inf: unclipped), got m={self.m!r}")
-        if self.kind == "mlp":
-            check_int("width", self.width)
-        else:
+        if self.kind in CONV_MODELS:
             check_int("channels", self.channels)
             check_int("kernel_size", self.kernel_size)
             if self.padding_mode not in PADDING_MODES:
                 raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, "
                                  f"got padding_mode={self.padding_mode!r}")
+        else:
+            check_int("width", self.width)
+        if self.kind in RESIDUAL_MODELS:
+            self._check_residual()
+        elif (self.residual_scale, self.site_taus, self.site_ms) != (None, None, None):
+            raise ValueError(f"residual_scale, site_taus and site_ms describe resmlp or rescnn only, not {self.kind}")
+
+    def _check_residual(self) -> None:
+        a = self.residual_scale
+        if isinstance(a, bool) or not (isinstance(a, (int, float)) and math.isfinite(a) and a > 0):
+            raise ValueError(f"residual_scale must be a finite number > 0, got residual_scale={a!r}")
+        for name in ("site_taus", "site_ms"):
+            values = getattr(self, name)
+            if values is None or isinstance(values, (str, bytes)) or len(values) != self.n_sites:
+                raise ValueError(f"{name} must hold {self.n_sites} numbers (one per activation site) for a "
+                                 f"depth-{self.depth} {self.kind}, got {name}={values!r}")
+            object.__setattr__(self, name, tuple(values))
+        for tau in self.site_taus:
+            if isinstance(tau, bool) or not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
+                raise ValueError(f"site_taus must be finite numbers >= 0, got {tau!r}")
+        for m in self.site_ms:
+            if isinstance(m, bool) or not (isinstance(m, (int, float)) and m > 0):
+                raise ValueError(f"site_ms must be numbers > 0 (inf: unclipped), got {m!r}")
+
+    @property
+    def n_sites(self) -> int:
+        """Activation sites (the entries of ``layer_sparsity``): depth (mlp, cnn), depth + 1 (resmlp:
+        one per block and the head), 2 depth + 1 (rescnn: two per block and the head)."""
+        return {"resmlp": self.depth + 1, "rescnn": 2 * self.depth + 1}.get(self.kind, self.depth)
 
     @property
     def in_features(self) -> int:
@@ -80,17 +123,19 @@ class NetworkSpec:
 
     def n_parameters(self) -> int:
         """Weights and biases of the whole network, readout included."""
-        if self.kind == "mlp":
+        # weight layers after the first: mlp/cnn depth - 1, resmlp depth, rescnn 2 depth
+        more = {"resmlp": self.depth, "rescnn": 2 * self.depth}.get(self.kind, self.depth - 1)
+        if self.kind not in CONV_MODELS:
             n_in, n = self.in_features, self.width
-            return n_in * n + n + (self.depth - 1) * (n * n + n) + n * self.num_classes + self.num_classes
+            return n_in * n + n + more * (n * n + n) + n * self.num_classes + self.num_classes
         c_in, c, k2 = self.image_shape[0], self.channels, self.kernel_size**2
-        return c_in * c * k2 + c + (self.depth - 1) * (c * c * k2 + c) + c * self.num_classes + self.num_classes
+        return c_in * c * k2 + c + more * (c * c * k2 + c) + c * self.num_classes + self.num_classes
 
     def hidden_values_per_example(self) -> int:
-        """Hidden-layer outputs of one example, all layers: depth x width, or depth x channels x H x W."""
-        if self.kind == "mlp":
-            return self.depth * self.width
-        return self.depth * self.channels * math.prod(self.image_shape[1:])
+        """Activation outputs of one example, all sites: n_sites x width, or n_sites x channels x H x W."""
+        if self.kind not in CONV_MODELS:
+            return self.n_sites * self.width
+        return self.n_sites * self.channels * math.prod(self.image_shape[1:])
 
     def memory_bytes(self, batch_size: int, *, training: bool = True, bytes_per_value: int = 4) -> int:
         """A lower estimate of the memory a batch needs. Training: the parameters four times
@@ -100,14 +145,25 @@ class NetworkSpec:
         hidden = batch_size * self.hidden_values_per_example()
         if training:
             return bytes_per_value * (4 * self.n_parameters() + 2 * hidden)
-        return bytes_per_value * (self.n_parameters() + 2 * hidden // self.depth)
+        return bytes_per_value * (self.n_parameters() + 2 * hidden // self.n_sites)
 
     @classmethod
-    def from_config(cls, config: TrainConfig, point, image_shape, num_classes: int) -> "NetworkSpec":
-        """The network of a run: sizes from ``config``, activation parameters from the EoC ``point``."""
+    def from_config(cls, config: TrainConfig, point, image_shape, num_classes: int, *,
+                    residual=None) -> "NetworkSpec":
+        """The network of a run: sizes from ``config``, activation parameters from the EoC ``point``
+        (a residual model: from ``residual``, a :class:`sparse_eoc.gp.ResidualInit`).
+
+        Raises:
+            ValueError: a residual model without ``residual``.
+        """
         common = dict(kind=config.model, image_shape=tuple(image_shape), num_classes=int(num_classes),
                       depth=config.depth, activation=point.activation, tau=point.tau, m=point.m)
-        if config.model == "mlp":
+        if config.model in RESIDUAL_MODELS:
+            if residual is None:
+                raise ValueError(f"model={config.model!r} needs its ResidualInit (sparse_eoc.gp.residual_init)")
+            common.update(residual_scale=residual.residual_scale, site_taus=residual.site_taus,
+                          site_ms=residual.site_ms)
+        if config.model not in CONV_MODELS:
             return cls(**common, width=config.width)
         return cls(**common, channels=config.channels, kernel_size=config.kernel_size,
                    padding_mode=config.padding_mode)
@@ -119,7 +175,10 @@ class NetworkSpec:
                                "num_classes": self.num_classes, "depth": self.depth,
                                "activation": self.activation, "tau": self.tau,
                                "m": None if math.isinf(self.m) else self.m}
-        if self.kind == "mlp":
+        if self.kind in RESIDUAL_MODELS:
+            out.update(residual_scale=self.residual_scale, site_taus=list(self.site_taus),
+                       site_ms=[None if math.isinf(m) else m for m in self.site_ms])
+        if self.kind not in CONV_MODELS:
             return {**out, "in_features": self.in_features, "width": self.width}
         return {**out, "in_channels": self.image_shape[0], "channels": self.channels,
                 "kernel_size": self.kernel_size, "padding_mode": self.padding_mode}
@@ -142,7 +201,11 @@ class NetworkSpec:
             common = dict(kind=kind, image_shape=tuple(image_shape), num_classes=values["num_classes"],
                           depth=values["depth"], activation=values["activation"], tau=values["tau"],
                           m=math.inf if m is None else m)
-            if kind == "mlp":
+            if kind in RESIDUAL_MODELS:
+                ms = values["site_ms"]
+                common.update(residual_scale=values["residual_scale"], site_taus=values["site_taus"],
+                              site_ms=[math.inf if v is None else v for v in ms] if isinstance(ms, list) else ms)
+            if kind not in CONV_MODELS:
                 spec = cls(**common, width=values["width"])
                 if "in_features" in values and values["in_features"] != spec.in_features:
                     raise ValueError(f"in_features={values['in_features']!r} does not match "

@@ -44,11 +44,15 @@ class EpochMetrics:
     Sparsities are fractions of exact zeros over all hidden-layer outputs and all
     examples of the split; ``train_sparsity`` is metered on the training forward
     passes of the epoch itself (no extra pass), so it averages over the epoch's
-    weight updates. ``test_layer_sparsity`` has one entry per hidden layer.
+    weight updates. ``test_layer_sparsity`` has one entry per hidden layer, i.e. per
+    activation site (a residual network: depth + 1 for ``resmlp``, 2 depth + 1 for ``rescnn``,
+    the head site last; docs/theory.md section 8.1).
 
     With per-layer diagnostics on (``fit(..., layer_stats=True)``), two more lists of
     L floats, one per hidden layer l = 1..L (None otherwise, and then absent from
-    ``metrics.jsonl``):
+    ``metrics.jsonl``); for a residual network, ``layer_grad_norm`` has one entry per weight
+    layer of ``model.hidden`` (the stem, then the branch layers) and ``layer_preact_var`` one
+    per activation site:
 
     - ``layer_grad_norm[l-1]``: the mean over the epoch's optimiser steps of
       ||dLoss/dW^l||_2 (Frobenius norm of the weight gradient; for a conv layer over
@@ -126,7 +130,7 @@ def param_groups(model, readout_lr_scale: float, lr: float) -> list[dict]:
     5x held it less well).
 
     Args:
-        model: a SparseMLP or SparseCNN (``hidden`` and ``readout``).
+        model: a SparseMLP, SparseCNN, ResMLP or ResCNN (``hidden`` and ``readout``).
         readout_lr_scale: > 0.
         lr: the hidden layers' learning rate, > 0.
     """
@@ -177,14 +181,15 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1000,
 def layer_preact_var(model, x: torch.Tensor) -> list[float]:
     """The variance of each hidden layer's pre-activations h^l on the inputs ``x``.
 
-    For each of the L hidden layers, the population variance (divisor n) of h^l over
-    all its entries: examples x units for the MLP, examples x channels x positions for
-    the CNN. At the EoC initialisation it is close to q* (paper Section 2, the variance
-    map's fixed point; it differs from the mean square q^l by the squared mean of h^l);
-    a layer whose value runs away with depth or with training is exploding.
+    For each of the L hidden layers (a residual network: each activation site), the
+    population variance (divisor n) of h^l over all its entries: examples x units for the
+    MLP, examples x channels x positions for the CNN. At the EoC initialisation it is close
+    to q* (paper Section 2, the variance map's fixed point; it differs from the mean square
+    q^l by the squared mean of h^l; a residual network's grows as docs/theory.md section 8.2
+    predicts); a layer whose value runs away with depth or with training is exploding.
 
     Args:
-        model: a SparseMLP or SparseCNN (anything with ``hidden_states``), evaluated in
+        model: a SparseMLP, SparseCNN, ResMLP or ResCNN (anything with ``hidden_states``), evaluated in
             eval mode without gradients; its training mode is restored.
         x: inputs, (B, in_features) or (B, C, H, W), on the model's device; B >= 1.
 

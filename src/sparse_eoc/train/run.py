@@ -36,13 +36,22 @@ from safetensors.torch import save_file
 
 from sparse_eoc import __version__
 from sparse_eoc.data import ImageDataset, load_image_dataset
-from sparse_eoc.gp import ClipAnalysis, EoCPoint, analyse_clip, solve_eoc
+from sparse_eoc.gp import ClipAnalysis, EoCPoint, ResidualInit, analyse_clip, residual_init, solve_eoc
 from sparse_eoc.jsonio import append_jsonl, json_line, to_json_safe, write_atomic, write_json, write_text_atomic
 from sparse_eoc.nn.build import build_model, check_fits, init_from_point_, load_run
 from sparse_eoc.nn.device import resolve_device
 from sparse_eoc.nn.init import input_weight_variance
 from sparse_eoc.nn.sparse_linear import set_kernels_
-from sparse_eoc.runs.config import RESUME_FREE_SETTINGS, TrainConfig, check_same_settings, read_config_file
+from sparse_eoc.runs.config import (
+    CONV_MODELS,
+    DENSE_MODELS,
+    Q_STAR_RANGE,
+    RESIDUAL_MODELS,
+    RESUME_FREE_SETTINGS,
+    TrainConfig,
+    check_same_settings,
+    read_config_file,
+)
 from sparse_eoc.runs.files import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -83,16 +92,20 @@ class Resolved:
     input_sigma_w2: float
     device: torch.device
     clip: ClipAnalysis  # the fixed points and the warnings (computed once)
+    residual: ResidualInit | None = None  # a residual model's sites (docs/theory.md section 8)
 
     def record(self) -> dict[str, Any]:
-        """What ``config.json`` holds: the settings, then the resolved sections."""
+        """What ``config.json`` holds: the settings, then the resolved sections (a residual model's
+        per-site thresholds and predicted variances in ``eoc.residual``)."""
         data = self.data
+        residual = {} if self.residual is None else {"residual": self.residual.to_dict()}
         return {
             **self.config.to_dict(),
             "eoc": {
                 **self.point.to_dict(),
                 "fixed_points": [{"q": f.q, "stability": f.stability} for f in self.clip.fixed_points],
                 "input_sigma_w2": self.input_sigma_w2,
+                **residual,
             },
             "network": self.spec.to_dict(),
             "data": {
@@ -111,7 +124,8 @@ def resolve(config: TrainConfig) -> Resolved:
 
     Raises:
         ValueError: settings without an EoC point (see solve_eoc), a missing ``data_dir``, a
-            network too large for the device's memory.
+            network too large for the device's memory, a residual scale that takes the predicted
+            variance out of ``Q_STAR_RANGE``.
         sparse_eoc.data.DataFileError: a missing or corrupt data file.
     """
     if config.data_dir is None:
@@ -122,15 +136,23 @@ def resolve(config: TrainConfig) -> Resolved:
                          "dense or auto (auto runs dense there)")
     point = solve_eoc(config.activation, config.sparsity, config.q_star, m=config.m, slope=config.slope)
     clip = analyse_clip(point)
+    residual = None
+    if config.model in RESIDUAL_MODELS:
+        residual = residual_init(point, config.depth, residual_scale=config.residual_scale,
+                                 thresholds=config.thresholds, convs_per_block=2 if config.model == "rescnn" else 1)
+        if max(residual.site_q) > Q_STAR_RANGE[1]:
+            raise ValueError(f"--residual-scale {residual.residual_scale:g} over {config.depth} blocks takes the "
+                             f"predicted variance to {max(residual.site_q):.3g}, past {Q_STAR_RANGE[1]:g} (float32 "
+                             "training); use a smaller --residual-scale")
     data = load_image_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed)
-    spec = NetworkSpec.from_config(config, point, data.image_shape, data.num_classes)
-    if config.model == "cnn" and config.kernel_size > min(data.image_shape[1:]):
+    spec = NetworkSpec.from_config(config, point, data.image_shape, data.num_classes, residual=residual)
+    if config.model in CONV_MODELS and config.kernel_size > min(data.image_shape[1:]):
         raise ValueError(f"--kernel-size must be at most the image side {min(data.image_shape[1:])}, "
                          f"got --kernel-size {config.kernel_size}")
     check_fits(spec, device, batch_size=config.batch_size,
-               option="--depth/--width" if config.model == "mlp" else "--depth/--channels")
+               option="--depth/--width" if config.model in DENSE_MODELS else "--depth/--channels")
     input_sigma_w2 = input_weight_variance(config.q_star, point.sigma_b2, data.mean_square_input)
-    return Resolved(config, point, data, spec, input_sigma_w2, device, clip)
+    return Resolved(config, point, data, spec, input_sigma_w2, device, clip, residual)
 
 
 class RunFiles:
@@ -183,7 +205,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train one EoC-initialised sparse MLP or CNN and write its run directory.
+    """Train one EoC-initialised sparse MLP or CNN (or residual MLP or CNN) and write its run directory.
 
     After every completed epoch the run writes ``out_dir/checkpoint.pt`` (see
     :mod:`sparse_eoc.train.checkpoint`); it is deleted once ``result.json`` is written. The
@@ -289,7 +311,8 @@ def _fit_run(run: Resolved, files: RunFiles, checkpoint: dict[str, Any] | None, 
 
     torch.manual_seed(config.seed)
     model = build_model(run.spec)
-    init_from_point_(model, run.point, mean_square_input=data.mean_square_input, weight_init=config.weight_init,
+    init_from_point_(model, run.point if run.residual is None else run.residual,
+                     mean_square_input=data.mean_square_input, weight_init=config.weight_init,
                      generator=torch.Generator().manual_seed(config.seed))
     model.to(device)
     set_kernels_(model, config.kernels if device.type == "cpu" else "dense")  # before the optimiser: layouts
@@ -300,9 +323,9 @@ def _fit_run(run: Resolved, files: RunFiles, checkpoint: dict[str, Any] | None, 
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
     scheduler = make_scheduler(config.lr_schedule, optimizer, total_steps=config.epochs * steps_per_epoch)
 
-    shape = (-1,) if config.model == "mlp" else tuple(data.image_shape)
+    shape = (-1,) if config.model in DENSE_MODELS else tuple(data.image_shape)
 
-    def split(x, y):  # (N, C*H*W) -> (N, C*H*W) for the MLP, (N, C, H, W) for the CNN
+    def split(x, y):  # (N, C*H*W) -> (N, C*H*W) for the (residual) MLP, (N, C, H, W) for the (residual) CNN
         return torch.from_numpy(x).view(len(x), *shape).to(device), torch.from_numpy(y).to(device)
 
     splits = {"train": split(data.x_train, data.y_train), "test": split(data.x_test, data.y_test)}
