@@ -205,6 +205,21 @@ def _strategy_summary(strategies: Sequence[str]) -> str:
     return ",".join(f"{name}:{n}" for name, n in counts.most_common())
 
 
+def _fresh_mlp(data, point, width: int, depth: int, seed: int):
+    """A CReLU MLP for ``data``'s images at the EoC point ``point``, initialised from ``seed``, in eval mode."""
+    import torch
+
+    from sparse_eoc.nn.build import build_model, init_from_point_
+    from sparse_eoc.runs.network import NetworkSpec
+
+    spec = NetworkSpec(kind="mlp", image_shape=data.image_shape, num_classes=data.num_classes,
+                       depth=depth, activation="crelu", tau=point.tau, m=point.m, width=width)
+    model = build_model(spec).eval()
+    init_from_point_(model, point, mean_square_input=data.mean_square_input,
+                     generator=torch.Generator().manual_seed(seed))
+    return model
+
+
 def run_benchmark(
     data_dir,
     *,
@@ -256,8 +271,6 @@ def run_benchmark(
     from sparse_eoc.data import load_image_dataset
     from sparse_eoc.gp import solve_eoc
     from sparse_eoc.infer.engine import SparseEngine, zero_pixel_offset
-    from sparse_eoc.nn.build import build_model, init_from_point_
-    from sparse_eoc.runs.network import NetworkSpec
 
     widths = [check_int("width", w) for w in widths]
     batches = [check_int("batch", b) for b in batches]
@@ -285,11 +298,7 @@ def run_benchmark(
             layers = default_depth(width) if depth is None else depth
             for s in sparsities:
                 p = points[s]
-                spec = NetworkSpec(kind="mlp", image_shape=data.image_shape, num_classes=data.num_classes,
-                                   depth=layers, activation="crelu", tau=p.tau, m=p.m, width=width)
-                model = build_model(spec).eval()
-                init_from_point_(model, p, mean_square_input=data.mean_square_input,
-                                 generator=torch.Generator().manual_seed(seed))
+                model = _fresh_mlp(data, p, width, layers, seed)
                 engine = SparseEngine.from_model(model, input_offset=offset, strategy=strategy, threads=threads,
                                                  backend=backend)
                 ort_model = None
@@ -445,15 +454,11 @@ def check_threads(
     Raises:
         ValueError: ``threads < 2``, a ``limit`` not > 0, or as :func:`run_benchmark`.
     """
-    import torch
-
     from sparse_eoc.checks import check_int
     from sparse_eoc.data import load_image_dataset
     from sparse_eoc.gp import solve_eoc
     from sparse_eoc.infer.engine import SparseEngine, zero_pixel_offset
     from sparse_eoc.infer.plan import STRATEGY_CHOICES
-    from sparse_eoc.nn.build import build_model, init_from_point_
-    from sparse_eoc.runs.network import NetworkSpec
 
     widths = [check_int("width", w) for w in widths]
     batches = [check_int("batch", b) for b in batches]
@@ -477,11 +482,7 @@ def check_threads(
         layers = default_depth(width) if depth is None else depth
         for s in sparsities:
             p = points[s]
-            spec = NetworkSpec(kind="mlp", image_shape=data.image_shape, num_classes=data.num_classes,
-                               depth=layers, activation="crelu", tau=p.tau, m=p.m, width=width)
-            model = build_model(spec).eval()
-            init_from_point_(model, p, mean_square_input=data.mean_square_input,
-                             generator=torch.Generator().manual_seed(seed))
+            model = _fresh_mlp(data, p, width, layers, seed)
             for strategy in STRATEGY_CHOICES:
                 engines = {n: SparseEngine.from_model(model, input_offset=offset, strategy=strategy, threads=n,
                                                       backend=backend) for n in (1, threads)}

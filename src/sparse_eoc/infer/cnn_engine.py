@@ -46,7 +46,7 @@ from sparse_eoc.activations import get_activation
 from sparse_eoc.checks import check_int
 from sparse_eoc.infer.cnn_plan import (CONV_STRATEGIES, CONV_STRATEGY_CHOICES, SPARSE_CONV, CNNEngineStats,
                                        ConvCostModel, choose_conv_strategy, taps_per_position)
-from sparse_eoc.infer.engine import BACKENDS, _activation_, zero_pixel_offset
+from sparse_eoc.infer.engine import BACKENDS, _activation_, run_input_offset
 from sparse_eoc.infer.plan import layer_activations
 
 __all__ = ["PADDING_MODES", "SparseCNNEngine"]
@@ -283,12 +283,8 @@ class SparseCNNEngine:
         from sparse_eoc.nn.build import load_run
 
         model, config = load_run(run_dir)
-        if isinstance(input_offset, str):
-            if input_offset != "data":
-                raise ValueError(f"input_offset must be 'data', None, a float or an array, got {input_offset!r}")
-            data = config["data"]
-            input_offset = zero_pixel_offset(data["mean"], data["std"], (len(data["mean"]), 1, 1))  # (C_0,)
-        return cls.from_model(model, input_offset=input_offset, **options)
+        offset = run_input_offset(config, input_offset, (len(config["data"]["mean"]), 1, 1))  # (C_0,)
+        return cls.from_model(model, input_offset=offset, **options)
 
     def _check_offset(self, offset) -> np.ndarray | None:
         if offset is None:

@@ -104,6 +104,22 @@ def numba_available() -> bool:
     return _import_kernels()[0] is not None
 
 
+def run_input_offset(config: dict, input_offset: Any, image_shape: Sequence[int]) -> Any:
+    """The ``input_offset`` of an engine built from a run: ``"data"`` becomes the standardised zero
+    pixel of the run's data (``config["data"]``'s mean and std, broadcast to ``image_shape``); any
+    other value is returned as given (the engine checks it).
+
+    Raises:
+        ValueError: a string other than ``"data"``.
+    """
+    if not isinstance(input_offset, str):
+        return input_offset
+    if input_offset != "data":
+        raise ValueError(f"input_offset must be 'data', None, a float or an array, got {input_offset!r}")
+    data = config["data"]
+    return zero_pixel_offset(data["mean"], data["std"], image_shape)
+
+
 def zero_pixel_offset(mean: Sequence[float], std: Sequence[float], image_shape: Sequence[int]) -> np.ndarray:
     """The standardised value of a zero pixel, per input feature: the engine's ``input_offset``.
 
@@ -338,12 +354,8 @@ class SparseEngine:
         from sparse_eoc.nn.build import load_run
 
         model, config = load_run(run_dir)
-        if isinstance(input_offset, str):
-            if input_offset != "data":
-                raise ValueError(f"input_offset must be 'data', None, a float or an array, got {input_offset!r}")
-            data = config["data"]
-            input_offset = zero_pixel_offset(data["mean"], data["std"], data["image_shape"])
-        return cls.from_model(model, input_offset=input_offset, **options)
+        offset = run_input_offset(config, input_offset, config["data"]["image_shape"])
+        return cls.from_model(model, input_offset=offset, **options)
 
     def _check_offset(self, offset) -> np.ndarray | None:
         if offset is None:
