@@ -39,7 +39,6 @@ from sparse_eoc.runs.config import (
     MODELS,
     PADDING_MODES,
     RESIDUAL_MODELS,
-    THRESHOLD_CHOICES,
     TrainConfig,
     layer_settings,
     option_name,
@@ -48,6 +47,7 @@ from sparse_eoc.runs.config import (
 )
 from sparse_eoc.gp.clip import M_MAX
 from sparse_eoc.gp import (
+    THRESHOLDS,
     correlation_map,
     correlation_map_derivative,
     solve_eoc,
@@ -422,9 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CNN padding (default circular, as in the mean-field theory)")
     p.add_argument("--image-size", type=int, default=8, help="side of the random CNN input images (default 8)")
     p.add_argument("--depth", type=int, default=100, help="hidden layers, or residual blocks (default 100)")
-    p.add_argument("--residual-scale", type=float, help="branch scale alpha of resmlp/rescnn (default 1 / sqrt(depth))")
-    p.add_argument("--thresholds", choices=THRESHOLD_CHOICES,
-                   help="resmlp/rescnn: per-layer (default; the sparsity held at every site) or fixed (tau of q*)")
+    p.add_argument("--residual-scale", type=float, help="branch scale alpha of resmlp/rescnn (default 2 / sqrt(depth))")
+    p.add_argument("--thresholds", choices=THRESHOLDS,
+                   help="resmlp/rescnn: per-layer (default; the sparsity held at every site) or fixed (tau of q*); "
+                        "at init, train's tracked thresholds are the per-layer ones")
     p.add_argument("--seeds", type=int, default=8, help="random networks drawn (default 8)")
     p.add_argument("--batch-size", type=int, default=64, help="inputs per network (default 64)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")

@@ -112,7 +112,7 @@ def test_resmlp_per_layer_thresholds_hold_the_sparsity_at_every_site(name, s, sl
     sites share; observed: 0.97-1.06); the sparsity within the issue's 0.03 (observed: 0.006).
     ReLU_tau, which blows up in the plain network above, holds: each block adds 1/L of a layer."""
     result = propagate(name, s, slope=slope, model="resmlp", depth=DEPTH, width=WIDTH, seeds=SEEDS,
-                       batch_size=BATCH)
+                       batch_size=BATCH, residual_scale=DEPTH**-0.5)  # alpha^2 L = 1, as in section 8.4
     assert result.layer == list(range(1, DEPTH + 2)) and result.blown_up_at_layer is None
     np.testing.assert_allclose(result.q_theory, (1 + 1 / DEPTH) ** np.arange(DEPTH + 1), rtol=1e-12)
     np.testing.assert_allclose(result.sparsity_theory, 0.85, atol=1e-12)
@@ -124,7 +124,7 @@ def test_resmlp_fixed_thresholds_drift_as_the_theory_says():
     """With the EoC point of q* at every site the sparsity falls to 0.748 at the head (docs/theory.md
     section 8.4), and the networks follow the predicted drift site by site within 0.03."""
     result = propagate("crelu", 0.85, slope=0.7, model="resmlp", depth=DEPTH, width=WIDTH, seeds=SEEDS,
-                       batch_size=BATCH, thresholds="fixed")
+                       batch_size=BATCH, thresholds="fixed", residual_scale=DEPTH**-0.5)
     assert result.sparsity_theory[0] == pytest.approx(0.85, abs=1e-12)
     assert result.sparsity_theory[-1] == pytest.approx(0.748, abs=1e-3)
     np.testing.assert_allclose(result.sparsity, result.sparsity_theory, atol=0.03)

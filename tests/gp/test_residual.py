@@ -45,7 +45,7 @@ def test_per_layer_thresholds_put_every_site_on_its_own_eoc(name, convs):
     is the scale law's rescaling of the base point (docs/theory.md section 8.3)."""
     base, depth = point(name, q_star=1.7), 12
     init = residual_init(base, depth, convs_per_block=convs)
-    alpha2 = 1.0 / depth
+    alpha2 = 4.0 / depth  # the default alpha = 2 / sqrt(L)
     assert init.n_sites == convs * depth + 1 and init.residual_scale == pytest.approx(math.sqrt(alpha2), rel=1e-15)
     np.testing.assert_allclose(init.q, 1.7 * (1 + alpha2) ** np.arange(depth + 1), rtol=1e-12)
     np.testing.assert_allclose(init.site_q, np.repeat(init.q[:-1], convs).tolist() + [init.q[-1]], rtol=1e-12)
@@ -72,11 +72,11 @@ def test_relu_is_the_anchor_and_its_thresholds_do_not_depend_on_the_mode():
 
 
 @pytest.mark.parametrize("depth", [1, 3, 30, 100, 1000])
-def test_the_default_scale_keeps_the_growth_below_e(depth):
+def test_the_default_scale_keeps_the_growth_below_e_to_the_4(depth):
     init = residual_init(point("crelu"), depth)
-    assert init.residual_scale == default_residual_scale(depth) == 1 / math.sqrt(depth)
-    assert init.q[-1] == pytest.approx((1 + 1 / depth) ** depth, rel=1e-12)
-    assert 2.0 <= init.q[-1] < math.e
+    assert init.residual_scale == default_residual_scale(depth) == 2 / math.sqrt(depth)
+    assert init.q[-1] == pytest.approx((1 + 4 / depth) ** depth, rel=1e-12)
+    assert 5.0 <= init.q[-1] < math.e**4
 
 
 @pytest.mark.parametrize("convs", [1, 2])
@@ -130,7 +130,7 @@ def test_per_layer_correlation_is_an_euler_step_of_the_base_map(name):
     assert rho.shape == (11, 5)
     a2, expected = init.residual_scale**2, rho0
     for layer in range(1, 11):
-        expected = (expected + a2 * correlation_map(expected, init.base)) / (1 + a2)
+        expected = np.minimum((expected + a2 * correlation_map(expected, init.base)) / (1 + a2), 1.0)
         np.testing.assert_allclose(rho[layer], expected, atol=1e-12)
     assert rho[-1, -1] == pytest.approx(1.0, abs=1e-12)  # identical inputs stay identical
     assert np.all(np.diff(rho[:, 1:4], axis=0) > 0)  # unrelated inputs become alike, slowly
@@ -159,7 +159,8 @@ def test_to_dict_is_strict_json_with_one_entry_per_site():
 
 
 def test_the_threshold_modes_are_the_settings_choices():
-    assert THRESHOLDS == THRESHOLD_CHOICES
+    # training adds "tracked": the per-layer thresholds at init, then held in training
+    assert THRESHOLD_CHOICES == ("tracked", *THRESHOLDS)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -44,7 +44,7 @@ def test_depth_semantics_and_shapes():
     linears = [mod for mod in model.modules() if isinstance(mod, nn.Linear)]
     assert len(linears) == 5 and model.depth == 3 and model.width == 300 and len(model.sites) == 4
     assert [(l.in_features, l.out_features) for l in linears] == [(784, 300)] + [(300, 300)] * 3 + [(300, 10)]
-    assert model.residual_scale == pytest.approx(1 / math.sqrt(3))
+    assert model.residual_scale == pytest.approx(2 / math.sqrt(3))
     assert model(torch.randn(7, 1, 28, 28)).shape == (7, 10)
     states = model.hidden_states(torch.randn(7, 784))
     assert len(states) == 4 and all(h.shape == a.shape == (7, 300) for h, a in states)
@@ -133,7 +133,7 @@ def test_init_refuses_a_model_that_does_not_match_its_plan():
     fixed = resmlp(plan("crelu", 4, thresholds="fixed"), 8, 16)
     with pytest.raises(ValueError, match=r"site 2 of the model has \(tau, m\)"):
         init_residual_(fixed, init, input_sigma_w2=1.0)
-    with pytest.raises(ValueError, match="the model's residual_scale 0.3 is not init's 0.5"):
+    with pytest.raises(ValueError, match="the model's residual_scale 0.3 is not init's 1.0"):
         init_residual_(resmlp(plan("crelu", 4, thresholds="fixed", residual_scale=0.3), 8, 16),
                        plan("crelu", 4, thresholds="fixed"), input_sigma_w2=1.0)
     with pytest.raises(ValueError, match="a ResMLP is initialised from a ResidualInit"):
@@ -226,7 +226,7 @@ def test_two_inputs_correlate_as_the_covariance_recursion_says():
     (exact given the inputs, in expectation over the weights); the head site's covariance, per unit,
     follows residual_covariance within 4 / sqrt(S) of the relative q band (times sqrt(q_a q_b))."""
     width, depth, seeds = 1000, 12, 6
-    init = plan("crelu", depth)
+    init = plan("crelu", depth, residual_scale=1 / math.sqrt(depth))
     p = init.base
     model_errors, band = [], finite_width_bands(init, width)[0][-1]
     for seed in range(seeds):
@@ -301,3 +301,114 @@ def test_sparse_kernels_serve_the_block_layers_with_each_sites_clip():
     assert set_kernels_(cnn, "auto") is cnn and getattr(cnn, "kernels", "dense") == "dense"
     with pytest.raises(ValueError, match="--kernels sparse applies to the MLP only"):
         set_kernels_(cnn, "sparse")
+
+
+def tracked_resmlp(name, depth, width, in_features=20, seed=0):
+    init = plan(name, depth)
+    p = init.base
+    model = ResMLP(in_features, 10, depth, width, p.activation, init.site_taus, init.site_ms,
+                   residual_scale=init.residual_scale, tracked_sparsity=p.sparsity)
+    init_residual_(model, init, input_sigma_w2=1.0, generator=torch.Generator().manual_seed(seed))
+    return model, p.sparsity
+
+
+@pytest.mark.parametrize("name", ["crelu", "cst"])
+def test_tracked_thresholds_bring_every_site_back_to_its_sparsity_as_the_stream_grows(name):
+    """Scale the stem by 3 (the variance training adds to the stream): thresholds kept from init
+    lose the sparsity at every site; the running quantile brings each back to s. On one batch of
+    256 x 64 values the running tau converges to that batch's quantile (0.9^100 of the gap left),
+    so the fraction of zeros is s within a few ties."""
+    model, s = tracked_resmlp(name, 6, 64)
+    with torch.no_grad():
+        model.hidden[0].weight.mul_(3.0)
+        model.hidden[0].bias.mul_(3.0)
+    kept = copy.deepcopy(model)
+    kept.tracker = None
+    x = torch.randn(256, 20, generator=torch.Generator().manual_seed(1))
+
+    def site_sparsity(net):
+        return np.array([float((a == 0).double().mean()) for _, a in net.eval().hidden_states(x)])
+
+    assert np.all(site_sparsity(kept) < s - 0.05)
+    model.train()
+    for _ in range(100):
+        model(x)
+    np.testing.assert_allclose(site_sparsity(model), s, atol=2e-3)
+    taus = model.tracker.running_tau.tolist()
+    assert [site.tau for site in model.sites] == taus and all(t > t0 for t, (t0, _) in zip(taus, model.tracker.initial))
+    for site, (t0, m0) in zip(model.sites, model.tracker.initial):  # the clip keeps its ratio to tau
+        assert site.m == pytest.approx(m0 * site.tau / t0, rel=1e-12)
+
+
+def test_tracked_thresholds_live_in_the_state_dict_and_only_move_in_training():
+    model, _ = tracked_resmlp("crelu", 3, 32)
+    x = torch.randn(64, 20, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.hidden[0].weight.mul_(2.0)
+    model.eval()
+    before = model.tracker.running_tau.clone()
+    model(x)
+    assert torch.equal(model.tracker.running_tau, before)  # eval: the running thresholds are used as they are
+    model.train()
+    model(x)
+    assert not torch.equal(model.tracker.running_tau, before)
+    fresh, _ = tracked_resmlp("crelu", 3, 32, seed=5)
+    fresh.load_state_dict(model.state_dict())  # the sites take the loaded thresholds
+    assert [site.tau for site in fresh.sites] == [site.tau for site in model.sites]
+    assert [site.m for site in fresh.sites] == [site.m for site in model.sites]
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)
+    assert "tracker.running_tau" in model.state_dict()
+
+
+def test_tracked_rescnn_trains_through_the_unfolded_inner_site():
+    """In training the inner site's threshold comes from conv1's output, so it is applied after
+    conv1 rather than folded into its bias: the same function as the folded eval path."""
+    init = plan("crelu", 2, convs=2)
+    p = init.base
+    model = ResCNN(1, 3, 2, 6, p.activation, init.site_taus, init.site_ms, residual_scale=init.residual_scale,
+                   tracked_sparsity=p.sparsity).double()
+    init_residual_(model, init, input_sigma_w2=1.0, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out = model.train()(x)
+    assert model.tracker.running_tau.tolist() != list(init.site_taus)
+    torch.testing.assert_close(out, model.eval()(x), rtol=0, atol=1e-12)
+
+
+def test_sparse_kernels_read_the_tracked_clips():
+    """The sparse kernels read each site's clip when its layer runs, after the tracker moved it."""
+    pytest.importorskip("numba")
+    from sparse_eoc.nn.sparse_linear import set_kernels_
+
+    dense, _ = tracked_resmlp("crelu", 4, 16, in_features=10)
+    dense = dense.double()
+    with torch.no_grad():
+        dense.hidden[0].weight.mul_(4.0)  # a stream the init thresholds no longer fit
+    sparse = set_kernels_(copy.deepcopy(dense), "sparse")
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(32, 10, generator=gen, dtype=torch.float64), torch.randint(0, 10, (32,), generator=gen)
+    grads = []
+    for model in (dense.train(), sparse.train()):
+        F.cross_entropy(model(x), y).backward()
+        grads.append({name: t.grad for name, t in model.named_parameters()})
+    # the same quantiles, up to the rounding of the sparse forward's sums
+    torch.testing.assert_close(sparse.tracker.running_tau, dense.tracker.running_tau, rtol=1e-12, atol=0)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_tracking_needs_a_threshold_and_a_sparsity_in_range():
+    init = plan("relu", 2)
+    with pytest.raises(ValueError, match="tau > 0 at every site"):
+        ResMLP(4, 2, 2, 8, "relu", init.site_taus, init.site_ms, tracked_sparsity=0.5)
+    init = plan("crelu", 2)
+    for bad in (0.0, 1.0, 1.5, True):
+        with pytest.raises(ValueError, match="tracked_sparsity must be in"):
+            ResMLP(4, 2, 2, 8, "crelu", init.site_taus, init.site_ms, tracked_sparsity=bad)
+    spec = dict(kind="resmlp", image_shape=(1, 2, 2), width=8, num_classes=2, depth=2, activation="crelu",
+                tau=init.base.tau, m=init.base.m, residual_scale=init.residual_scale, site_taus=init.site_taus,
+                site_ms=init.site_ms, tracked_sparsity=0.85)
+    d = json.loads(json.dumps(NetworkSpec(**spec).to_dict(), allow_nan=False))
+    assert NetworkSpec.from_dict(d).tracked_sparsity == 0.85
+    assert NetworkSpec.from_dict({k: v for k, v in d.items() if k != "tracked_sparsity"}).tracked_sparsity is None
+    with pytest.raises(ValueError, match="tracked_sparsity must be None or in"):
+        NetworkSpec(**{**spec, "tracked_sparsity": 2.0})

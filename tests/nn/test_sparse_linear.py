@@ -177,3 +177,35 @@ def test_a_sparsified_mlp_trains_with_each_sites_own_clip():
     for name in g_dense:
         torch.testing.assert_close(g_sparse[name], g_dense[name], rtol=0, atol=1e-10, msg=name)
     torch.testing.assert_close(x_sparse, x_dense, rtol=0, atol=1e-10)
+
+
+def test_the_weight_gradient_buffer_is_reused_only_once_nothing_holds_it():
+    """The dW^T buffer of a weight is reused by the next backward when the previous gradient was
+    dropped (zero_grad(set_to_none=True)), never while a tensor still wraps it: gradients kept for
+    accumulation, or a reference the user holds, keep their values."""
+    from sparse_eoc.nn.sparse_linear import _GRAD_BUFFERS
+
+    dense = model_with_kinks("crelu")
+    sparse = set_kernels_(copy.deepcopy(dense), "sparse")
+    gen = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(9, 12, generator=gen, dtype=torch.float64), torch.randint(0, 5, (9,), generator=gen))
+               for _ in range(3)]
+    weight = sparse.hidden[2].weight
+    for model in (dense, sparse):  # three backward passes accumulated: each reads the gradient so far
+        model.zero_grad(set_to_none=True)
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+    for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-12, msg=name)
+    held = weight.grad  # the user keeps the last gradient; the next step must not write into it
+    kept = held.clone()
+    sparse.zero_grad(set_to_none=True)
+    F.cross_entropy(sparse(batches[0][0]), batches[0][1]).backward()
+    assert torch.equal(held, kept) and held.data_ptr() != weight.grad.data_ptr()
+    del held
+    first = weight.grad.data_ptr()
+    sparse.zero_grad(set_to_none=True)  # nothing holds the buffer now: the next backward reuses it
+    F.cross_entropy(sparse(batches[1][0]), batches[1][1]).backward()
+    assert weight.grad.data_ptr() == first and weight in _GRAD_BUFFERS
+    grads_dense, _ = grads(dense, *batches[1])
+    torch.testing.assert_close(weight.grad, grads_dense["hidden.2.weight"], rtol=0, atol=1e-12)

@@ -141,7 +141,8 @@ def test_a_setting_added_later_is_filled_in_for_runs_saved_before_it(monkeypatch
 
 def test_residual_settings_apply_to_the_residual_models_only():
     config = TrainConfig(sparsity=0.85, model="resmlp", depth=100)
-    assert (config.residual_scale, config.thresholds) == (None, "per-layer")  # None: 1 / sqrt(depth)
+    assert (config.residual_scale, config.thresholds) == (None, "tracked")  # None: 2 / sqrt(depth)
+    assert TrainConfig(sparsity=0.85).thresholds == "tracked"  # the default, meaningless for a plain MLP: allowed
     assert TrainConfig(sparsity=0.85, model="rescnn", residual_scale=0.2, thresholds="fixed").thresholds == "fixed"
     assert TrainConfig(sparsity=0.85, model="resmlp", kernels="sparse").kernels == "sparse"
     assert TrainConfig(sparsity=0.85, model="rescnn", augment=True, weight_init="delta_orthogonal").augment
@@ -150,7 +151,7 @@ def test_residual_settings_apply_to_the_residual_models_only():
         ({"thresholds": "fixed"}, r"thresholds='fixed' applies to model=resmlp or rescnn only"),
         ({"model": "resmlp", "residual_scale": 0.0}, r"residual_scale must be a finite number > 0"),
         ({"model": "resmlp", "residual_scale": math.inf}, r"residual_scale must be a finite number > 0"),
-        ({"model": "resmlp", "thresholds": "per_layer"}, r"thresholds must be one of per-layer, fixed"),
+        ({"model": "resmlp", "thresholds": "per_layer"}, r"thresholds must be one of tracked, per-layer, fixed"),
         ({"model": "rescnn", "kernels": "sparse"}, r"--kernels sparse applies to --model mlp only \(or resmlp\)"),
         ({"model": "resmlp", "augment": True}, r"augment .* applies to model=cnn or rescnn only"),
     ]:
@@ -178,4 +179,6 @@ def test_the_mlp_preset_takes_the_residual_model(tmp_path):
         "resmlp", 100, 5, 1e-3, "mlp-mnist-cpu")
     (tmp_path / "c.json").write_text(json.dumps({**config.to_dict(), "thresholds": "fixed", "residual_scale": 0.3}))
     plain = layer_settings(config_file=tmp_path / "c.json", explicit={"model": "mlp"})  # drops what mlp cannot take
-    assert (plain.model, plain.thresholds, plain.residual_scale) == ("mlp", "per-layer", None)
+    assert (plain.model, plain.thresholds, plain.residual_scale) == ("mlp", "tracked", None)
+    # an MLP's config.json written when per-layer was the default reads as the same settings
+    assert TrainConfig(sparsity=0.85, thresholds="per-layer") == TrainConfig(sparsity=0.85)

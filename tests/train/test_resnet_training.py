@@ -25,13 +25,18 @@ def test_resmlp_trains_records_its_sites_and_reloads(tmp_path, mnist_subset_dir)
     assert result["status"] == "completed" and len(result["layer_sparsity"]) == 4  # 3 blocks and the head
     config = json.loads((tmp_path / "config.json").read_text())
     residual, network = config["eoc"]["residual"], config["network"]
-    assert (config["residual_scale"], config["thresholds"]) == (None, "per-layer")
-    assert residual["residual_scale"] == network["residual_scale"] == pytest.approx(3**-0.5)
+    assert (config["residual_scale"], config["thresholds"]) == (None, "tracked")
+    assert network["tracked_sparsity"] == 0.85
+    assert residual["residual_scale"] == network["residual_scale"] == pytest.approx(2 * 3**-0.5)
     assert [s["tau"] for s in residual["sites"]] == network["site_taus"]
-    np.testing.assert_allclose(residual["q"], (1 + 1 / 3) ** np.arange(4), rtol=1e-12)
+    np.testing.assert_allclose(residual["q"], (1 + 4 / 3) ** np.arange(4), rtol=1e-12)
     np.testing.assert_allclose([s["sparsity"] for s in residual["sites"]], 0.85, atol=1e-12)
     model, _ = load_run(tmp_path)
     assert isinstance(model, ResMLP) and model.depth == 3
+    # the weights carry the thresholds they were trained to, which differ from the ones at init
+    tracked = result["tracked_thresholds"]
+    assert [site.tau for site in model.sites] == tracked["tau"] != network["site_taus"]
+    assert [site.m for site in model.sites] == pytest.approx(tracked["m"], rel=1e-12)
     data = load_mnist(mnist_subset_dir)
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     meter = SparsityMeter()

@@ -41,7 +41,7 @@ from scipy.stats import norm
 
 from sparse_eoc.activations import get_activation
 from sparse_eoc.checks import check_int
-from sparse_eoc.gp import iterate_variance, residual_init, residual_variances, solve_eoc
+from sparse_eoc.gp import THRESHOLDS, iterate_variance, residual_init, residual_variances, solve_eoc
 from sparse_eoc.nn.build import build_model, check_fits, init_from_point_
 from sparse_eoc.nn.device import resolve_device
 from sparse_eoc.nn.init import input_weight_variance
@@ -50,7 +50,6 @@ from sparse_eoc.runs.config import (
     DENSE_MODELS,
     MODELS,
     RESIDUAL_MODELS,
-    THRESHOLD_CHOICES,
 )
 from sparse_eoc.runs.network import NetworkSpec
 
@@ -133,7 +132,7 @@ def propagate(
             the (residual) MLP, (B, C, H, W) for the (residual) CNN. None: standard Gaussian
             inputs, (B, width) or (B, 3, image_size, image_size).
         seed: seed s draws network s + seed and its inputs (explicit randomness).
-        residual_scale: alpha of a residual model, > 0; None: 1 / sqrt(depth).
+        residual_scale: alpha of a residual model, > 0; None: 2 / sqrt(depth).
         thresholds: ``per-layer`` or ``fixed``, of a residual model (:func:`sparse_eoc.gp.residual_init`).
 
     Returns:
@@ -145,8 +144,8 @@ def propagate(
     """
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got model={model!r}")
-    if thresholds not in THRESHOLD_CHOICES:
-        raise ValueError(f"thresholds must be one of {', '.join(THRESHOLD_CHOICES)}, got thresholds={thresholds!r}")
+    if thresholds not in THRESHOLDS:
+        raise ValueError(f"thresholds must be one of {', '.join(THRESHOLDS)}, got thresholds={thresholds!r}")
     if model not in RESIDUAL_MODELS and (residual_scale is not None or thresholds != "per-layer"):
         raise ValueError(f"residual_scale and thresholds apply to resmlp and rescnn only, not to model={model!r}")
     for name, value in (("depth", depth), ("seeds", seeds), ("batch_size", batch_size), ("width", width),

@@ -13,7 +13,7 @@ experiment, the inference benchmark and the tests share::
 A residual network (docs/theory.md section 8) takes its sites' parameters from a
 :class:`~sparse_eoc.gp.ResidualInit` instead of the point::
 
-    residual = residual_init(point, depth=100)          # per-layer thresholds, alpha = 1 / sqrt(100)
+    residual = residual_init(point, depth=100)          # per-layer thresholds, alpha = 2 / sqrt(100)
     spec = NetworkSpec(kind="resmlp", ..., depth=100, residual_scale=residual.residual_scale,
                        site_taus=residual.site_taus, site_ms=residual.site_ms, width=300)
     init_from_point_(build_model(spec), residual, mean_square_input=..., generator=...)
@@ -53,9 +53,10 @@ def build_model(spec: NetworkSpec) -> Model:
     sites = (spec.activation, spec.site_taus, spec.site_ms)
     if spec.kind == "resmlp":
         return ResMLP(spec.in_features, spec.num_classes, spec.depth, spec.width, *sites,
-                      residual_scale=spec.residual_scale)
+                      residual_scale=spec.residual_scale, tracked_sparsity=spec.tracked_sparsity)
     return ResCNN(spec.image_shape[0], spec.num_classes, spec.depth, spec.channels, *sites,
-                  kernel_size=spec.kernel_size, padding_mode=spec.padding_mode, residual_scale=spec.residual_scale)
+                  kernel_size=spec.kernel_size, padding_mode=spec.padding_mode, residual_scale=spec.residual_scale,
+                  tracked_sparsity=spec.tracked_sparsity)
 
 
 def init_from_point_(

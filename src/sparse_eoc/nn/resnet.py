@@ -18,7 +18,10 @@ site before each, so 2 L + 1 sites, then global average pooling and the readout:
 
 Every site has its own (tau, m): the per-layer thresholds of docs/theory.md section 8.3 make
 them grow with the predicted stream variance q^l; the fixed ones use one (tau, m) everywhere.
-``residual_scale`` is alpha (default 1 / sqrt(depth)). The sparsity meter counts every site, the
+Training moves the stream's variance away from the prediction (the weights grow), and a
+threshold set at init then loses the sparsity (docs/theory.md section 8.8); with
+``tracked_sparsity`` a :class:`ThresholdTracker` holds it, as BatchNorm holds a mean.
+``residual_scale`` is alpha (default 2 / sqrt(depth)). The sparsity meter counts every site, the
 head included, so ``layer_sparsity`` has one entry per site.
 """
 
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparse_eoc.activations import get_activation
 from sparse_eoc.checks import check_int
 from sparse_eoc.gp.residual import ResidualInit, default_residual_scale
 from sparse_eoc.nn.activations import make_activation
@@ -39,7 +43,12 @@ from sparse_eoc.nn.sparse_linear import _sparse_linear_input
 from sparse_eoc.nn.sparsity import SparsityMeter
 from sparse_eoc.runs.config import PADDING_MODES, WEIGHT_INITS
 
-__all__ = ["ResCNN", "ResMLP", "init_residual_"]
+#: Momentum of the running thresholds of ``tracked_sparsity`` (BatchNorm's default for its statistics).
+THRESHOLD_MOMENTUM = 0.1
+#: At most about this many values of a site's input enter its quantile at each step.
+QUANTILE_SAMPLE = 1 << 16
+
+__all__ = ["ResCNN", "ResMLP", "ThresholdTracker", "init_residual_"]
 
 
 def _per_site(name: str, value: float | Sequence[float], n_sites: int) -> list[float]:
@@ -58,7 +67,7 @@ def _check_scale(residual_scale: float | None, depth: int) -> float:
         return default_residual_scale(depth)
     if isinstance(residual_scale, bool) or not (isinstance(residual_scale, (int, float))
                                                 and math.isfinite(residual_scale) and residual_scale > 0):
-        raise ValueError(f"residual_scale must be a finite number > 0 (None: 1 / sqrt(depth)), "
+        raise ValueError(f"residual_scale must be a finite number > 0 (None: 2 / sqrt(depth)), "
                          f"got residual_scale={residual_scale!r}")
     return float(residual_scale)
 
@@ -66,6 +75,81 @@ def _check_scale(residual_scale: float | None, depth: int) -> float:
 def _sites(activation: str, tau, m, n_sites: int) -> nn.ModuleList:
     taus, ms = _per_site("tau", tau, n_sites), _per_site("m", m, n_sites)
     return nn.ModuleList(make_activation(activation, t, c) for t, c in zip(taus, ms))
+
+
+class ThresholdTracker(nn.Module):
+    """Running thresholds that hold every activation site's sparsity at its target while training.
+
+    In training mode, before site i is applied to its input h, its threshold becomes the
+    running average (momentum ``momentum``, as BatchNorm's running statistics) of the batch's
+    s-quantile of h (of |h| for the two-sided ``st_tau`` and ``cst``): the empirical rule of
+    ``sparse_eoc.sparsify``, applied at every step. Its clip keeps its ratio to the threshold,
+    m_i = m_i^0 tau_i / tau_i^0 (the initial (tau_i^0, m_i^0) of the site), so the slope of the
+    clipped activation stays where the theory put it for a Gaussian input. The quantile is exact
+    for inputs of up to ``QUANTILE_SAMPLE`` values, and taken over an evenly strided subsample of
+    larger ones. In eval mode the running thresholds are used unchanged. docs/theory.md section 8.8.
+
+    Args:
+        sites: the model's activation modules (n_sites); their (tau, m) at construction are the
+            initial thresholds (tau_i^0 > 0 each).
+        sparsity: the target fraction of zeros s, in (0, 1).
+        momentum: weight of each new batch quantile, in (0, 1].
+
+    Attributes:
+        running_tau: buffer ``(n_sites,)`` float64, the thresholds (in ``state_dict``; loading a
+            state dict sets the sites' (tau, m) from it).
+
+    Raises:
+        ValueError: a sparsity or momentum out of range, or a site with tau = 0 (nothing to scale).
+    """
+
+    def __init__(self, sites: Sequence[nn.Module], sparsity: float, momentum: float = THRESHOLD_MOMENTUM) -> None:
+        super().__init__()
+        if isinstance(sparsity, bool) or not (isinstance(sparsity, (int, float)) and 0 < sparsity < 1):
+            raise ValueError(f"tracked_sparsity must be in (0, 1), got {sparsity!r}")
+        if isinstance(momentum, bool) or not (isinstance(momentum, (int, float)) and 0 < momentum <= 1):
+            raise ValueError(f"threshold momentum must be in (0, 1], got {momentum!r}")
+        self.initial = tuple((float(site.tau), float(site.m)) for site in sites)
+        if any(tau <= 0 for tau, _ in self.initial):
+            raise ValueError("tracked thresholds need tau > 0 at every site (plain ReLU has no threshold to track)")
+        self.sparsity, self.momentum = float(sparsity), float(momentum)
+        self.two_sided = [get_activation(site.name).two_sided for site in sites]
+        self.register_buffer("running_tau", torch.tensor([tau for tau, _ in self.initial], dtype=torch.float64))
+
+    @torch.no_grad()
+    def update_(self, i: int, h: Tensor, site: nn.Module) -> None:
+        """Fold the batch quantile of ``h`` (site i's input, any shape) into site i's thresholds."""
+        x = h.detach().reshape(-1)
+        if x.numel() > QUANTILE_SAMPLE:
+            x = x[:: -(-x.numel() // QUANTILE_SAMPLE)]
+        if self.two_sided[i]:
+            x = x.abs()
+        k = min(x.numel(), max(1, round(self.sparsity * x.numel())))
+        quantile = max(float(x.kthvalue(k).values), 0.0)
+        tau = (1.0 - self.momentum) * float(self.running_tau[i]) + self.momentum * quantile
+        self.running_tau[i] = tau
+        self._set(i, site, tau)
+
+    def apply_(self, sites: Sequence[nn.Module]) -> None:
+        """Give every site the running thresholds (after loading a state dict)."""
+        for i, (site, tau) in enumerate(zip(sites, self.running_tau.tolist())):
+            self._set(i, site, tau)
+
+    def _set(self, i: int, site: nn.Module, tau: float) -> None:
+        tau0, m0 = self.initial[i]
+        site.tau, site.m = tau, m0 * tau / tau0  # m = inf stays inf
+        site.bias_shift = 0.0 if self.two_sided[i] else tau
+
+    def extra_repr(self) -> str:
+        return f"sparsity={self.sparsity:g}, momentum={self.momentum:g}, sites={len(self.initial)}"
+
+
+def _tracker(model: nn.Module, tracked_sparsity: float | None) -> ThresholdTracker | None:
+    if tracked_sparsity is None:
+        return None
+    tracker = ThresholdTracker(model.sites, tracked_sparsity)
+    model.register_load_state_dict_post_hook(lambda module, _keys: module.tracker.apply_(module.sites))
+    return tracker
 
 
 def _linear(layer: nn.Linear, x: Tensor, bias: Tensor) -> Tensor:
@@ -84,7 +168,9 @@ class ResMLP(nn.Module):
         tau: the threshold, >= 0: one number for every site, or depth + 1 numbers (forward order,
             the head site last).
         m: the clip, > 0 (inf: unclipped), one number or depth + 1 numbers.
-        residual_scale: alpha > 0; None means 1 / sqrt(depth).
+        residual_scale: alpha > 0; None means 2 / sqrt(depth).
+        tracked_sparsity: s in (0, 1): in training, every site's (tau, m) follows its input so
+            that its sparsity stays s (:class:`ThresholdTracker`; needs tau > 0); None keeps them.
 
     Attributes:
         hidden: ``nn.ModuleList`` of the stem ``Linear(in_features, width)`` and the L block
@@ -94,6 +180,7 @@ class ResMLP(nn.Module):
         residual_scale: alpha.
         meter: a :class:`~sparse_eoc.nn.sparsity.SparsityMeter` or None; while set, each forward
             counts the zeros of all L + 1 sites.
+        tracker: the :class:`ThresholdTracker` of ``tracked_sparsity``, or None.
         kernels: the training kernels (``sparse_eoc.nn.sparse_linear.set_kernels_``), ``dense`` here.
 
     Raises:
@@ -103,7 +190,7 @@ class ResMLP(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, depth: int, width: int, activation: str,
                  tau: float | Sequence[float] = 0.0, m: float | Sequence[float] = math.inf, *,
-                 residual_scale: float | None = None) -> None:
+                 residual_scale: float | None = None, tracked_sparsity: float | None = None) -> None:
         super().__init__()
         in_features = check_int("in_features", in_features)
         num_classes = check_int("num_classes", num_classes)
@@ -115,6 +202,7 @@ class ResMLP(nn.Module):
         self.readout = nn.Linear(width, num_classes)
         self.meter: SparsityMeter | None = None
         self.kernels = "dense"
+        self.tracker = _tracker(self, tracked_sparsity)
 
     @property
     def depth(self) -> int:
@@ -131,12 +219,17 @@ class ResMLP(nn.Module):
             x = x.flatten(1)  # (B, *) -> (B, in_features)
         pre_activation = _linear if self.kernels == "dense" else _sparse_linear_input(self)
         meter, counts = self.meter, []
+        track = self.tracker.update_ if self.tracker is not None and self.training else None
         h = self.hidden[0](x)  # (B, width): h^1, the stem
-        for site, layer in zip(self.sites, self.hidden[1:]):
+        for i, (site, layer) in enumerate(zip(self.sites, self.hidden[1:])):
+            if track:
+                track(i, h, site)
             a = site(h)  # (B, width): phi(h^l)
             if meter is not None:
                 counts.append(meter.count_nonzero(a))
             h = torch.add(h, pre_activation(layer, a, layer.bias), alpha=self.residual_scale)  # h^{l+1}
+        if track:
+            track(self.depth, h, self.sites[-1])
         a = self.sites[-1](h)  # (B, width): the head site
         if meter is not None:
             counts.append(meter.count_nonzero(a))
@@ -176,13 +269,15 @@ class ResCNN(nn.Module):
         tau, m: one number for every site, or 2 L + 1 numbers (forward order: block 1's outer
             and inner sites, ..., the head site).
         kernel_size: odd k >= 1.  padding_mode: ``zeros`` or ``circular``.
-        residual_scale: alpha > 0; None means 1 / sqrt(depth).
+        residual_scale: alpha > 0; None means 2 / sqrt(depth).
+        tracked_sparsity: s in (0, 1): in training, every site's (tau, m) follows its input so
+            that its sparsity stays s (:class:`ThresholdTracker`; needs tau > 0); None keeps them.
 
     Attributes:
         hidden: ``nn.ModuleList`` of the stem conv and the 2 L block convs; ``hidden[i]`` (i >= 1)
             reads ``sites[i - 1]``'s output.
         sites: the 2 L + 1 activation modules.  readout: ``Linear(channels, num_classes)``.
-        residual_scale: alpha.  meter: as for :class:`ResMLP`.
+        residual_scale: alpha.  meter, tracker: as for :class:`ResMLP`.
 
     Raises:
         ValueError: a non-positive size, an even kernel, an unknown padding mode, a bad
@@ -191,7 +286,8 @@ class ResCNN(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, depth: int, channels: int, activation: str,
                  tau: float | Sequence[float] = 0.0, m: float | Sequence[float] = math.inf, *,
-                 kernel_size: int = 3, padding_mode: str = "zeros", residual_scale: float | None = None) -> None:
+                 kernel_size: int = 3, padding_mode: str = "zeros", residual_scale: float | None = None,
+                 tracked_sparsity: float | None = None) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("depth", depth),
                             ("channels", channels), ("kernel_size", kernel_size)):
@@ -209,6 +305,7 @@ class ResCNN(nn.Module):
         )
         self.readout = nn.Linear(channels, num_classes)
         self.meter: SparsityMeter | None = None
+        self.tracker = _tracker(self, tracked_sparsity)
 
     @property
     def depth(self) -> int:
@@ -222,17 +319,27 @@ class ResCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` of images ``(B, in_channels, H, W)``."""
         meter, counts = self.meter, []
+        track = self.tracker.update_ if self.tracker is not None and self.training else None
         h = self.hidden[0](x)  # (B, C, H, W): h^1, the stem
         for l in range(self.depth):
             outer, inner = self.sites[2 * l], self.sites[2 * l + 1]
             conv1, conv2 = self.hidden[2 * l + 1], self.hidden[2 * l + 2]
+            if track:
+                track(2 * l, h, outer)
             a = outer(h)  # (B, C, H, W): phi(h^l)
-            shift = inner.bias_shift  # fold the inner site's tau into conv1's bias, then phi in place
-            g = inner.forward_shifted_(conv1._conv_forward(a, conv1.weight, conv1.bias - shift if shift else
-                                                           conv1.bias))  # phi(g^l), (B, C, H, W)
+            if track:  # the inner site's threshold comes from conv1's output, so it cannot be folded first
+                g = conv1(a)
+                track(2 * l + 1, g, inner)
+                g = inner.forward_shifted_(g - inner.bias_shift if inner.bias_shift else g)  # phi(g^l)
+            else:
+                shift = inner.bias_shift  # fold the inner site's tau into conv1's bias, then phi in place
+                g = inner.forward_shifted_(conv1._conv_forward(a, conv1.weight, conv1.bias - shift if shift else
+                                                               conv1.bias))  # phi(g^l), (B, C, H, W)
             if meter is not None:
                 counts += [meter.count_nonzero(a), meter.count_nonzero(g)]
             h = torch.add(h, conv2(g), alpha=self.residual_scale)  # h^{l+1}
+        if track:
+            track(2 * self.depth, h, self.sites[-1])
         a = self.sites[-1](h)  # (B, C, H, W): the head site
         if meter is not None:
             counts.append(meter.count_nonzero(a))

@@ -26,6 +26,7 @@ made contiguous as always); call it before the optimiser is built.
 from __future__ import annotations
 
 import math
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from sparse_eoc.runs.config import KERNEL_CHOICES
 
@@ -64,6 +66,24 @@ def _kernels():
 
 
 _POOL: ThreadPoolExecutor | None = None
+
+# One dW^T buffer per weight, reused by the next backward once no tensor wraps it any more (the
+# previous step's gradient was set to None, or accumulated elsewhere): a fresh buffer of a wide
+# layer is mapped anew by every step (glibc maps allocations over 32 MiB directly), and the page
+# faults of a width-4096 layer's 64 MiB cost about 4-5 ms (benchmarks/train_step.py at 4096 x 8, one
+# thread: the sparse backward went from 295 to 260 ms a step; page faults a step: 126, the dense step 115k).
+_GRAD_BUFFERS = WeakIdKeyDictionary()  # weight -> its dW^T buffer (keyed by identity: tensors compare elementwise)
+
+
+def _grad_weight_buffer(weight: Tensor, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised (N_in, N_out) array for weight's dW^T: the cached one if nothing else holds it."""
+    buffer = _GRAD_BUFFERS.get(weight)
+    # references: the cache's, this local's and getrefcount's argument; a tensor made by
+    # torch.from_numpy (the gradient, or any view of it) holds one more while it lives
+    if buffer is None or buffer.shape != shape or buffer.dtype != dtype or sys.getrefcount(buffer) > 3:
+        buffer = np.empty(shape, dtype)
+        _GRAD_BUFFERS[weight] = buffer
+    return buffer
 
 
 def _run_parts(fn: Callable[[int, int], None], n: int, threads: int) -> None:
@@ -145,7 +165,7 @@ class SparseLinearFunction(torch.autograd.Function):
         grad_a = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             colptr, rows, tvals = ctx.patterns[3:6]
-            dwt = np.empty(wt.shape, dy_np.dtype)  # (N_in, N_out): dW^T, written whole
+            dwt = _grad_weight_buffer(weight, wt.shape, dy_np.dtype)  # (N_in, N_out): dW^T, written whole
             _run_parts(lambda j0, j1: k.grad_weight_tile(dwt, dy_np, colptr, rows, tvals, j0, j1,
                                                                 WEIGHT_COL_TILE),
                        n_in, ctx.threads)
@@ -195,8 +215,7 @@ def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]
     sites = getattr(model, "sites", None)
     if sites is None and isinstance(model.act, nn.ModuleList):
         sites = model.act
-    clips = {id(layer): float(model.act.m if sites is None else sites[i - 1].m)
-             for i, layer in enumerate(model.hidden) if i > 0}
+    reads = {id(layer): model.act if sites is None else sites[i - 1] for i, layer in enumerate(model.hidden) if i > 0}
 
     def pre_activation(layer: nn.Linear, x: Tensor, bias: Tensor) -> Tensor:
         if (getattr(layer, "sparse_input", False) and torch.is_grad_enabled() and model.training
@@ -204,7 +223,7 @@ def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]
             if model.kernels == "sparse" or sparse_pays(x.shape[0], x.shape[1], layer.out_features,
                                                         float(torch.count_nonzero(x)) / x.numel(),
                                                         torch.get_num_threads()):
-                return SparseLinearFunction.apply(x.contiguous(), layer.weight, bias, clips[id(layer)])
+                return SparseLinearFunction.apply(x.contiguous(), layer.weight, bias, float(reads[id(layer)].m))
         return F.linear(x, layer.weight, bias)  # (B, out_features)
 
     return pre_activation

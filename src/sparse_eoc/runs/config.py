@@ -39,7 +39,9 @@ MODELS = ("mlp", "cnn", "resmlp", "rescnn")
 RESIDUAL_MODELS = ("resmlp", "rescnn")  # h + alpha (branch): docs/theory.md section 8
 CONV_MODELS = ("cnn", "rescnn")  # on images (B, C, H, W): channels, kernel_size, padding_mode, augment
 DENSE_MODELS = ("mlp", "resmlp")  # on flattened inputs: width; the sparse training kernels
-THRESHOLD_CHOICES = ("per-layer", "fixed")  # of a residual model (sparse_eoc.gp.residual.THRESHOLDS)
+#: Thresholds of a residual model: ``tracked`` starts from ``per-layer`` (sparse_eoc.gp.residual.THRESHOLDS)
+#: and holds each site's sparsity in training (sparse_eoc.nn.resnet.ThresholdTracker).
+THRESHOLD_CHOICES = ("tracked", "per-layer", "fixed")
 DATASETS = ("mnist", "cifar10")
 PADDING_MODES = ("zeros", "circular")  # of the CNN's "same" convolutions
 WEIGHT_INITS = ("gaussian", "delta_orthogonal")  # of init_eoc_ (delta_orthogonal: cnn and rescnn only)
@@ -108,11 +110,13 @@ class TrainConfig:
     weight_init: str = _setting("gaussian", "gaussian, or delta_orthogonal (CNN, rescnn; Xiao et al. 2018)",
                                 choices=WEIGHT_INITS)
     residual_scale: float | None = _setting(None, "branch scale alpha of resmlp/rescnn, h + alpha (W phi(h) + b), "
-                                                  "> 0 (none: 1 / sqrt(depth))", missing_means=None)
-    thresholds: str = _setting("per-layer", "resmlp/rescnn: per-layer (tau, m of each activation site solved at "
-                                            "its predicted variance: the sparsity holds at every site) or fixed "
-                                            "(the EoC point at q* at every site)",
-                               choices=THRESHOLD_CHOICES, missing_means="per-layer")
+                                                  "> 0 (none: 2 / sqrt(depth))", missing_means=None)
+    thresholds: str = _setting("tracked", "resmlp/rescnn: per-layer (tau, m of each activation site solved at "
+                                          "its predicted variance: the sparsity holds at every site at init), "
+                                          "tracked (per-layer at init, then each site's tau follows the running "
+                                          "s-quantile of its input in training, m in proportion: the sparsity "
+                                          "holds as the weights grow) or fixed (the EoC point at q* everywhere)",
+                               choices=THRESHOLD_CHOICES, missing_means="tracked")
     epochs: int = _setting(5, "passes over the training split (0: initialise and save the weights only)")
     optimizer: str = _setting("sgd", "optimiser (sgd with momentum is the paper's)", choices=OPTIMIZERS)
     lr: float = _setting(1e-3, "learning rate")
@@ -186,13 +190,16 @@ class TrainConfig:
             if self.residual_scale is not None:
                 raise ValueError(f"residual_scale applies to model=resmlp or rescnn only, got "
                                  f"residual_scale={self.residual_scale!r} with model={self.model!r}")
-            if self.thresholds != "per-layer":
+            if self.thresholds not in ("tracked", "per-layer"):
                 raise ValueError(f"thresholds={self.thresholds!r} applies to model=resmlp or rescnn only (a plain "
                                  f"network on the EoC has the same variance q* at every layer)")
+            # A plain network has one threshold at every layer either way: one value, so that configs
+            # written when per-layer was the default keep their names and compare equal.
+            object.__setattr__(self, "thresholds", "tracked")
         value = self.residual_scale
         if value is not None and (isinstance(value, bool) or not (isinstance(value, (int, float))
                                                                   and math.isfinite(value) and value > 0)):
-            raise ValueError(f"residual_scale must be a finite number > 0 (none: 1 / sqrt(depth)), "
+            raise ValueError(f"residual_scale must be a finite number > 0 (none: 2 / sqrt(depth)), "
                              f"got residual_scale={value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")

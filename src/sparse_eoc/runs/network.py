@@ -52,6 +52,9 @@ class NetworkSpec:
         channels, kernel_size, padding_mode: the conv layers (cnn, rescnn only).
         residual_scale: the branch scale alpha > 0 (resmlp, rescnn only).
         site_taus, site_ms: one tau and one m per activation site (resmlp, rescnn only; ``n_sites`` each).
+        tracked_sparsity: resmlp, rescnn: the sparsity s in (0, 1) that running thresholds hold at
+            every site in training (``thresholds="tracked"``; ``sparse_eoc.nn.resnet.ThresholdTracker``),
+            or None (the thresholds stay as built).
     """
 
     kind: str
@@ -68,6 +71,7 @@ class NetworkSpec:
     residual_scale: float | None = None
     site_taus: tuple[float, ...] | None = None
     site_ms: tuple[float, ...] | None = None
+    tracked_sparsity: float | None = None
 
     def __post_init__(self):
         if self.kind not in MODELS:
@@ -90,8 +94,9 @@ class NetworkSpec:
             check_int("width", self.width)
         if self.kind in RESIDUAL_MODELS:
             self._check_residual()
-        elif (self.residual_scale, self.site_taus, self.site_ms) != (None, None, None):
-            raise ValueError(f"residual_scale, site_taus and site_ms describe resmlp or rescnn only, not {self.kind}")
+        elif (self.residual_scale, self.site_taus, self.site_ms, self.tracked_sparsity) != (None,) * 4:
+            raise ValueError(f"residual_scale, site_taus, site_ms and tracked_sparsity describe resmlp or rescnn only, "
+                             f"not {self.kind}")
 
     def _check_residual(self) -> None:
         a = self.residual_scale
@@ -109,6 +114,9 @@ class NetworkSpec:
         for m in self.site_ms:
             if isinstance(m, bool) or not (isinstance(m, (int, float)) and m > 0):
                 raise ValueError(f"site_ms must be numbers > 0 (inf: unclipped), got {m!r}")
+        s = self.tracked_sparsity
+        if s is not None and (isinstance(s, bool) or not (isinstance(s, (int, float)) and 0 < s < 1)):
+            raise ValueError(f"tracked_sparsity must be None or in (0, 1), got tracked_sparsity={s!r}")
 
     @property
     def n_sites(self) -> int:
@@ -161,8 +169,9 @@ class NetworkSpec:
         if config.model in RESIDUAL_MODELS:
             if residual is None:
                 raise ValueError(f"model={config.model!r} needs its ResidualInit (sparse_eoc.gp.residual_init)")
+            tracked = config.thresholds == "tracked" and point.tau > 0  # plain ReLU has no threshold to track
             common.update(residual_scale=residual.residual_scale, site_taus=residual.site_taus,
-                          site_ms=residual.site_ms)
+                          site_ms=residual.site_ms, tracked_sparsity=point.sparsity if tracked else None)
         if config.model not in CONV_MODELS:
             return cls(**common, width=config.width)
         return cls(**common, channels=config.channels, kernel_size=config.kernel_size,
@@ -177,7 +186,8 @@ class NetworkSpec:
                                "m": None if math.isinf(self.m) else self.m}
         if self.kind in RESIDUAL_MODELS:
             out.update(residual_scale=self.residual_scale, site_taus=list(self.site_taus),
-                       site_ms=[None if math.isinf(m) else m for m in self.site_ms])
+                       site_ms=[None if math.isinf(m) else m for m in self.site_ms],
+                       tracked_sparsity=self.tracked_sparsity)
         if self.kind not in CONV_MODELS:
             return {**out, "in_features": self.in_features, "width": self.width}
         return {**out, "in_channels": self.image_shape[0], "channels": self.channels,
@@ -204,7 +214,8 @@ class NetworkSpec:
             if kind in RESIDUAL_MODELS:
                 ms = values["site_ms"]
                 common.update(residual_scale=values["residual_scale"], site_taus=values["site_taus"],
-                              site_ms=[math.inf if v is None else v for v in ms] if isinstance(ms, list) else ms)
+                              site_ms=[math.inf if v is None else v for v in ms] if isinstance(ms, list) else ms,
+                              tracked_sparsity=values.get("tracked_sparsity"))
             if kind not in CONV_MODELS:
                 spec = cls(**common, width=values["width"])
                 if "in_features" in values and values["in_features"] != spec.in_features:

@@ -139,7 +139,8 @@ def resolve(config: TrainConfig) -> Resolved:
     residual = None
     if config.model in RESIDUAL_MODELS:
         residual = residual_init(point, config.depth, residual_scale=config.residual_scale,
-                                 thresholds=config.thresholds, convs_per_block=2 if config.model == "rescnn" else 1)
+                                 thresholds="fixed" if config.thresholds == "fixed" else "per-layer",
+                                 convs_per_block=2 if config.model == "rescnn" else 1)
         if max(residual.site_q) > Q_STAR_RANGE[1]:
             raise ValueError(f"--residual-scale {residual.residual_scale:g} over {config.depth} blocks takes the "
                              f"predicted variance to {max(residual.site_q):.3g}, past {Q_STAR_RANGE[1]:g} (float32 "
@@ -266,11 +267,28 @@ def train(
                 check_same_settings(checkpoint["settings"], config, files.checkpoint)
                 log(f"resuming {out} after epoch {checkpoint['epoch']} of {config.epochs}")
         run = resolve(config)
+        if checkpoint is not None:
+            _check_same_network(run.spec, out / CONFIG_FILE)
         for warning in run.clip.warnings:
             log(f"warning: {warning}")
         if checkpoint is None:
             files.clear()  # a fresh run: another run's state must not be resumed nor its weights kept
         return _fit_run(run, files, checkpoint, progress=progress, log=log)
+
+
+def _check_same_network(spec: NetworkSpec, config_file: Path) -> None:
+    """Refuse to resume a checkpoint into another network than the one it was trained as (the same
+    settings can build another one when a default changes, e.g. the residual scale's)."""
+    try:
+        trained = NetworkSpec.from_dict(read_json(config_file, what="a run's settings (a JSON object)").get("network"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--resume: {config_file}: cannot read the network the checkpoint was trained as "
+                         f"({err})") from err
+    if trained != spec:
+        changed = [f.name for f in dataclasses.fields(spec) if getattr(trained, f.name) != getattr(spec, f.name)]
+        raise ValueError(f"--resume: these settings build another network than the one {config_file} records "
+                         f"(it differs in {', '.join(changed)}); nothing was changed: give the settings it was "
+                         f"trained with (e.g. --residual-scale {trained.residual_scale!r}) or --overwrite")
 
 
 def _check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -394,6 +412,10 @@ def _fit_run(run: Resolved, files: RunFiles, checkpoint: dict[str, Any] | None, 
     }
     if config.log_layer_stats:
         result["init_layer_preact_var"] = init_preact_var
+    tracker = getattr(model, "tracker", None)
+    if tracker is not None and weights:  # the thresholds the weights were trained to (and evaluate with)
+        taus = weights["tracker.running_tau"].tolist()
+        result["tracked_thresholds"] = {"tau": taus, "m": [m0 * t / t0 for t, (t0, m0) in zip(taus, tracker.initial)]}
     files.finish(result, weights)
     if divergence is not None:
         log(
