@@ -412,3 +412,20 @@ def test_tracking_needs_a_threshold_and_a_sparsity_in_range():
     assert NetworkSpec.from_dict({k: v for k, v in d.items() if k != "tracked_sparsity"}).tracked_sparsity is None
     with pytest.raises(ValueError, match="tracked_sparsity must be None or in"):
         NetworkSpec(**{**spec, "tracked_sparsity": 2.0})
+
+
+def test_a_diverging_batch_leaves_the_tracked_thresholds_as_they_were():
+    """Non-finite pre-activations (a diverging run) do not reach the thresholds, so the forward
+    runs on and the training loop records the divergence; a batch whose quantile is <= 0 keeps
+    tau and m positive."""
+    model, _ = tracked_resmlp("crelu", 2, 16)
+    before = model.tracker.running_tau.clone()
+    x = torch.randn(8, 20, generator=torch.Generator().manual_seed(6))
+    x[0, 0] = math.nan
+    with torch.no_grad():
+        model.hidden[0].weight.fill_(math.nan)
+    assert torch.isnan(model.train()(x)).all()
+    assert torch.equal(model.tracker.running_tau, before)
+    model.tracker.momentum = 1.0
+    model.tracker.update_(0, -torch.ones(4, 16), model.sites[0])
+    assert 0 < model.sites[0].tau < 1e-5 and 0 < model.sites[0].m

@@ -47,6 +47,9 @@ from sparse_eoc.runs.config import PADDING_MODES, WEIGHT_INITS
 THRESHOLD_MOMENTUM = 0.1
 #: At most about this many values of a site's input enter its quantile at each step.
 QUANTILE_SAMPLE = 1 << 16
+#: A tracked threshold stays above this fraction of its initial value (a batch whose s-quantile is
+#: <= 0 would otherwise make tau, and with it m, zero).
+TAU_FLOOR = 1e-6
 
 __all__ = ["ResCNN", "ResMLP", "ThresholdTracker", "init_residual_"]
 
@@ -125,8 +128,11 @@ class ThresholdTracker(nn.Module):
         if self.two_sided[i]:
             x = x.abs()
         k = min(x.numel(), max(1, round(self.sparsity * x.numel())))
-        quantile = max(float(x.kthvalue(k).values), 0.0)
-        tau = (1.0 - self.momentum) * float(self.running_tau[i]) + self.momentum * quantile
+        quantile = float(x.kthvalue(k).values)
+        if not math.isfinite(quantile):  # a diverging run: keep the thresholds, let the loss report it
+            return
+        tau = (1.0 - self.momentum) * float(self.running_tau[i]) + self.momentum * max(quantile, 0.0)
+        tau = max(tau, TAU_FLOOR * self.initial[i][0])  # tau, m > 0 whatever the batch
         self.running_tau[i] = tau
         self._set(i, site, tau)
 
