@@ -378,3 +378,21 @@ def test_fit_checks_its_arguments():
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)
     with pytest.raises(ValueError, match="lr_schedule or scheduler"):
         fit(model, opt, {}, lr_schedule="cosine", scheduler=sched, **kwargs)
+
+
+def test_resume_refuses_a_checkpoint_into_another_network(tmp_path, mnist_512, monkeypatch):
+    """The same settings can build another network when a default changes (the residual scale's
+    did: 1 / sqrt(depth) -> 2 / sqrt(depth)); the checkpoint's weights are never loaded into it."""
+    config = mlp_config(mnist_512, model="resmlp", activation="crelu", sparsity=0.85, slope=0.7, depth=2,
+                        width=16)
+    train_killed_after_epoch_1(config, tmp_path, monkeypatch)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["network"]["residual_scale"] = 0.5  # as the older default would have built it
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(ValueError, match=r"another network than the one .*config\.json records \(it differs in "
+                                         r"residual_scale;.*--overwrite with --residual-scale 0\.5"):
+        train(config, tmp_path, progress=False, resume=True)
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
+    result = train(config.replace(residual_scale=0.5), tmp_path, progress=False, overwrite=True)
+    assert result["status"] == "completed"

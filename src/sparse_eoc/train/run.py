@@ -286,9 +286,10 @@ def _check_same_network(spec: NetworkSpec, config_file: Path) -> None:
                          f"({err})") from err
     if trained != spec:
         changed = [f.name for f in dataclasses.fields(spec) if getattr(trained, f.name) != getattr(spec, f.name)]
+        again = f" with --residual-scale {trained.residual_scale!r}" if "residual_scale" in changed else ""
         raise ValueError(f"--resume: these settings build another network than the one {config_file} records "
-                         f"(it differs in {', '.join(changed)}); nothing was changed: give the settings it was "
-                         f"trained with (e.g. --residual-scale {trained.residual_scale!r}) or --overwrite")
+                         f"(it differs in {', '.join(changed)}; a default has changed since it was started); nothing "
+                         f"was changed: its checkpoint cannot be resumed, start it afresh with --overwrite{again}")
 
 
 def _check_existing_run(out: Path, *, resume: bool, overwrite: bool) -> None:
