@@ -350,6 +350,9 @@ def test_tracked_thresholds_live_in_the_state_dict_and_only_move_in_training():
     model(x)
     assert torch.equal(model.tracker.running_tau, before)  # eval: the running thresholds are used as they are
     model.train()
+    with torch.no_grad():  # a forward pass that is not a training step (calibration, measure_sparsity)
+        model(x)
+    assert torch.equal(model.tracker.running_tau, before)
     model(x)
     assert not torch.equal(model.tracker.running_tau, before)
     fresh, _ = tracked_resmlp("crelu", 3, 32, seed=5)
@@ -429,3 +432,20 @@ def test_a_diverging_batch_leaves_the_tracked_thresholds_as_they_were():
     model.tracker.momentum = 1.0
     model.tracker.update_(0, -torch.ones(4, 16), model.sites[0])
     assert 0 < model.sites[0].tau < 1e-5 and 0 < model.sites[0].m
+
+
+def test_the_quantile_of_a_large_input_is_taken_over_whole_examples():
+    """A conv site's input (B, C, H, W) over QUANTILE_SAMPLE values: the quantile of the batch's
+    first examples, every channel and position of each (a strided subsample would see a few fixed
+    positions, e.g. only an image border)."""
+    from sparse_eoc.nn.resnet import QUANTILE_SAMPLE
+
+    model, s = tracked_resmlp("crelu", 1, 8)
+    tracker, site = model.tracker, model.sites[0]
+    tracker.momentum = 1.0
+    h = torch.randn(200, 8, 28, 28, generator=torch.Generator().manual_seed(7))
+    h[:, :, :, 0] = 50.0  # the left border: would dominate a sample of column 0
+    tracker.update_(0, h, site)
+    first = h[: QUANTILE_SAMPLE // h[0].numel()].reshape(-1)  # 10 whole examples
+    assert first.numel() == 10 * 8 * 28 * 28
+    assert site.tau == float(first.kthvalue(round(s * first.numel())).values) < 3.0

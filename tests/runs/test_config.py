@@ -11,6 +11,7 @@ from sparse_eoc.runs.config import (
     NAME_FREE_SETTINGS,
     RESUME_FREE_SETTINGS,
     TrainConfig,
+    check_same_settings,
     layer_settings,
     name_settings,
     parse_overrides,
@@ -180,5 +181,10 @@ def test_the_mlp_preset_takes_the_residual_model(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({**config.to_dict(), "thresholds": "fixed", "residual_scale": 0.3}))
     plain = layer_settings(config_file=tmp_path / "c.json", explicit={"model": "mlp"})  # drops what mlp cannot take
     assert (plain.model, plain.thresholds, plain.residual_scale) == ("mlp", "tracked", None)
-    # an MLP's config.json written when per-layer was the default reads as the same settings
+    # an MLP's config.json or checkpoint written when per-layer was the default reads as the same settings
     assert TrainConfig(sparsity=0.85, thresholds="per-layer") == TrainConfig(sparsity=0.85)
+    check_same_settings({**TrainConfig(sparsity=0.85).to_dict(), "thresholds": "per-layer"}, TrainConfig(sparsity=0.85),
+                        "checkpoint.pt")
+    resmlp = TrainConfig(sparsity=0.85, model="resmlp", thresholds="per-layer")
+    with pytest.raises(ValueError, match="settings differ in thresholds"):
+        check_same_settings({**resmlp.to_dict(), "thresholds": "per-layer"}, resmlp.replace(thresholds="tracked"), "c")

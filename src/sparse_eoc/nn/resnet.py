@@ -45,7 +45,7 @@ from sparse_eoc.runs.config import PADDING_MODES, WEIGHT_INITS
 
 #: Momentum of the running thresholds of ``tracked_sparsity`` (BatchNorm's default for its statistics).
 THRESHOLD_MOMENTUM = 0.1
-#: At most about this many values of a site's input enter its quantile at each step.
+#: At most this many values of a site's input (whole examples, at least one) enter its quantile at each step.
 QUANTILE_SAMPLE = 1 << 16
 #: A tracked threshold stays above this fraction of its initial value (a batch whose s-quantile is
 #: <= 0 would otherwise make tau, and with it m, zero).
@@ -88,9 +88,12 @@ class ThresholdTracker(nn.Module):
     s-quantile of h (of |h| for the two-sided ``st_tau`` and ``cst``): the empirical rule of
     ``sparse_eoc.sparsify``, applied at every step. Its clip keeps its ratio to the threshold,
     m_i = m_i^0 tau_i / tau_i^0 (the initial (tau_i^0, m_i^0) of the site), so the slope of the
-    clipped activation stays where the theory put it for a Gaussian input. The quantile is exact
-    for inputs of up to ``QUANTILE_SAMPLE`` values, and taken over an evenly strided subsample of
-    larger ones. In eval mode the running thresholds are used unchanged. docs/theory.md section 8.8.
+    clipped activation stays where the theory put it for a Gaussian input. The quantile is taken
+    over the batch's first examples, as many as ``QUANTILE_SAMPLE`` values hold (at least one; the
+    whole batch of a width-300 MLP), every unit and position of each. Only training steps move the
+    thresholds (training mode with gradients enabled): eval mode, and forward passes under
+    ``torch.no_grad()`` (calibration, ``measure_sparsity``), use them unchanged. docs/theory.md
+    section 8.8.
 
     Args:
         sites: the model's activation modules (n_sites); their (tau, m) at construction are the
@@ -122,9 +125,9 @@ class ThresholdTracker(nn.Module):
     @torch.no_grad()
     def update_(self, i: int, h: Tensor, site: nn.Module) -> None:
         """Fold the batch quantile of ``h`` (site i's input, any shape) into site i's thresholds."""
-        x = h.detach().reshape(-1)
-        if x.numel() > QUANTILE_SAMPLE:
-            x = x[:: -(-x.numel() // QUANTILE_SAMPLE)]
+        h = h.detach()
+        per_example = h[0].numel()
+        x = h[: max(1, QUANTILE_SAMPLE // per_example)].reshape(-1)  # whole examples: every unit and position
         if self.two_sided[i]:
             x = x.abs()
         k = min(x.numel(), max(1, round(self.sparsity * x.numel())))
@@ -150,11 +153,16 @@ class ThresholdTracker(nn.Module):
         return f"sparsity={self.sparsity:g}, momentum={self.momentum:g}, sites={len(self.initial)}"
 
 
+def _apply_loaded_thresholds(module: nn.Module, _keys) -> None:
+    """load_state_dict post hook: the sites take the loaded running thresholds."""
+    module.tracker.apply_(module.sites)
+
+
 def _tracker(model: nn.Module, tracked_sparsity: float | None) -> ThresholdTracker | None:
     if tracked_sparsity is None:
         return None
     tracker = ThresholdTracker(model.sites, tracked_sparsity)
-    model.register_load_state_dict_post_hook(lambda module, _keys: module.tracker.apply_(module.sites))
+    model.register_load_state_dict_post_hook(_apply_loaded_thresholds)
     return tracker
 
 
@@ -225,7 +233,7 @@ class ResMLP(nn.Module):
             x = x.flatten(1)  # (B, *) -> (B, in_features)
         pre_activation = _linear if self.kernels == "dense" else _sparse_linear_input(self)
         meter, counts = self.meter, []
-        track = self.tracker.update_ if self.tracker is not None and self.training else None
+        track = self.tracker.update_ if self.tracker is not None and self.training and torch.is_grad_enabled() else None
         h = self.hidden[0](x)  # (B, width): h^1, the stem
         for i, (site, layer) in enumerate(zip(self.sites, self.hidden[1:])):
             if track:
@@ -325,7 +333,7 @@ class ResCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` of images ``(B, in_channels, H, W)``."""
         meter, counts = self.meter, []
-        track = self.tracker.update_ if self.tracker is not None and self.training else None
+        track = self.tracker.update_ if self.tracker is not None and self.training and torch.is_grad_enabled() else None
         h = self.hidden[0](x)  # (B, C, H, W): h^1, the stem
         for l in range(self.depth):
             outer, inner = self.sites[2 * l], self.sites[2 * l + 1]

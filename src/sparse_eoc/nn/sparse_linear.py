@@ -72,17 +72,28 @@ _POOL: ThreadPoolExecutor | None = None
 # layer is mapped anew by every step (glibc maps allocations over 32 MiB directly), and the page
 # faults of a width-4096 layer's 64 MiB cost about 4-5 ms (benchmarks/train_step.py at 4096 x 8, one
 # thread: the sparse backward went from 295 to 260 ms a step; page faults a step: 126, the dense step 115k).
-_GRAD_BUFFERS = WeakIdKeyDictionary()  # weight -> its dW^T buffer (keyed by identity: tensors compare elementwise)
+_GRAD_BUFFERS = WeakIdKeyDictionary()  # weight -> (its dW^T buffer, its reference count when free); by identity
+
+
+def _references(array: np.ndarray) -> int:
+    return sys.getrefcount(array)
 
 
 def _grad_weight_buffer(weight: Tensor, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised (N_in, N_out) array for weight's dW^T: the cached one if nothing else holds it."""
-    buffer = _GRAD_BUFFERS.get(weight)
-    # references: the cache's, this local's and getrefcount's argument; a tensor made by
-    # torch.from_numpy (the gradient, or any view of it) holds one more while it lives
-    if buffer is None or buffer.shape != shape or buffer.dtype != dtype or sys.getrefcount(buffer) > 3:
-        buffer = np.empty(shape, dtype)
-        _GRAD_BUFFERS[weight] = buffer
+    """An uninitialised (N_in, N_out) array for weight's dW^T: the cached one if nothing else holds it.
+
+    A tensor made by torch.from_numpy (the gradient, or any view of it) holds a reference to the
+    array while it lives. The count to compare with is taken when the buffer is made, the same way
+    (the interpreter's own references, e.g. to a call's argument, then count the same)."""
+    cached = _GRAD_BUFFERS.get(weight)
+    if cached is not None:
+        buffer, free = cached
+        if buffer.shape == shape and buffer.dtype == dtype and _references(buffer) <= free:
+            return buffer
+    buffer = np.empty(shape, dtype)
+    _GRAD_BUFFERS[weight] = (buffer, 0)
+    free = _references(buffer)  # held by the cache's tuple and this local, as in the check above
+    _GRAD_BUFFERS[weight] = (buffer, free)
     return buffer
 
 

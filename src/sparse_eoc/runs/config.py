@@ -351,6 +351,8 @@ def check_same_settings(saved: Mapping[str, Any], config: TrainConfig, where: st
     missing = {f.name: f.metadata["missing_means"] for f in fields(TrainConfig)
                if f.name not in saved and "missing_means" in f.metadata}  # saved before the setting existed
     saved = {**missing, **saved}
+    if saved.get("model", "mlp") not in RESIDUAL_MODELS and saved.get("thresholds") == "per-layer":
+        saved["thresholds"] = "tracked"  # a plain network's one value (TrainConfig normalises it the same way)
     differing = settings_differences(saved, config.to_dict(), ignore=RESUME_FREE_SETTINGS)
     if differing:
         details = ", ".join(f"{k}={saved.get(k)!r} there, {getattr(config, k, None)!r} here" for k in differing)
