@@ -87,6 +87,31 @@ THREAD_CHECK_LIMIT = 1.5
 THREAD_CHECK_ATTEMPTS = 3
 
 
+
+def benchmark_inputs(data_dir, *, images: bool = False):
+    """The MNIST test split of ``data_dir`` as the inference benchmarks' inputs, with the engine's
+    input offset (the standardised zero pixel, :func:`~sparse_eoc.infer.engine.zero_pixel_offset`).
+
+    Returns:
+        (data, x, offset): the ``ImageDataset``, x ``(N, 784)`` float32 and offset ``(784,)``;
+        with ``images``, x ``(N, C, H, W)`` and offset ``(C,)`` (one zero pixel per channel).
+
+    Raises:
+        ValueError: an empty test split (naming ``--data-dir``).
+        sparse_eoc.data.DataFileError: a missing or corrupt data file.
+    """
+    from sparse_eoc.data import load_image_dataset
+    from sparse_eoc.infer.engine import zero_pixel_offset
+
+    data = load_image_dataset("mnist", data_dir)
+    n_images = len(data.x_test)
+    if n_images == 0:
+        raise ValueError(f"--data-dir {data_dir}: the test split holds no images (the benchmark's inputs)")
+    if images:
+        x = np.ascontiguousarray(data.x_test.reshape(n_images, *data.image_shape))
+        return data, x, zero_pixel_offset(data.mean, data.std, (data.image_shape[0], 1, 1))
+    return data, np.ascontiguousarray(data.x_test), zero_pixel_offset(data.mean, data.std, data.image_shape)
+
 def default_depth(width: int) -> int:
     """The benchmark's depth for a width: 100 at width 300 (the paper's deep MLP), else 8."""
     return 100 if width == 300 else 8
@@ -268,9 +293,8 @@ def run_benchmark(
     import torch
 
     from sparse_eoc.checks import check_int
-    from sparse_eoc.data import load_image_dataset
     from sparse_eoc.gp import solve_eoc
-    from sparse_eoc.infer.engine import SparseEngine, zero_pixel_offset
+    from sparse_eoc.infer.engine import SparseEngine
 
     widths = [check_int("width", w) for w in widths]
     batches = [check_int("batch", b) for b in batches]
@@ -284,12 +308,8 @@ def run_benchmark(
     baselines = check_baselines(baselines)
     check_memory(widths, depth, batches, copies=4 if "ort" in baselines else 2)
     points = {s: solve_eoc("crelu", s, slope=slope) for s in sparsities}  # checks s and slope first
-    data = load_image_dataset("mnist", data_dir)
-    x_all = np.ascontiguousarray(data.x_test)  # (N, 784) float32
+    data, x_all, offset = benchmark_inputs(data_dir)
     n_images = len(x_all)
-    if n_images == 0:
-        raise ValueError(f"--data-dir {data_dir}: the test split holds no images (the benchmark's inputs)")
-    offset = zero_pixel_offset(data.mean, data.std, data.image_shape)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows = []
@@ -455,9 +475,8 @@ def check_threads(
         ValueError: ``threads < 2``, a ``limit`` not > 0, or as :func:`run_benchmark`.
     """
     from sparse_eoc.checks import check_int
-    from sparse_eoc.data import load_image_dataset
     from sparse_eoc.gp import solve_eoc
-    from sparse_eoc.infer.engine import SparseEngine, zero_pixel_offset
+    from sparse_eoc.infer.engine import SparseEngine
     from sparse_eoc.infer.plan import STRATEGY_CHOICES
 
     widths = [check_int("width", w) for w in widths]
@@ -471,12 +490,8 @@ def check_threads(
         raise ValueError("widths, batches and sparsities must each name at least one value")
     check_memory(widths, depth, batches, copies=3)  # the model and two engines
     points = {s: solve_eoc("crelu", s, slope=slope) for s in sparsities}
-    data = load_image_dataset("mnist", data_dir)
-    x_all = np.ascontiguousarray(data.x_test)  # (N, 784) float32
+    data, x_all, offset = benchmark_inputs(data_dir)
     n_images = len(x_all)
-    if n_images == 0:
-        raise ValueError(f"--data-dir {data_dir}: the test split holds no images (the benchmark's inputs)")
-    offset = zero_pixel_offset(data.mean, data.std, data.image_shape)
     rows = []
     for width in widths:
         layers = default_depth(width) if depth is None else depth

@@ -151,11 +151,10 @@ def run_cnn_benchmark(
     import torch
 
     from sparse_eoc.checks import check_int
-    from sparse_eoc.data import load_image_dataset
     from sparse_eoc.gp import solve_eoc
+    from sparse_eoc.infer.bench import benchmark_inputs
     from sparse_eoc.infer.cnn_engine import SparseCNNEngine
     from sparse_eoc.infer.cnn_plan import CONV_STRATEGY_CHOICES
-    from sparse_eoc.infer.engine import zero_pixel_offset
     from sparse_eoc.nn.build import build_model, init_from_point_
     from sparse_eoc.runs.network import NetworkSpec
 
@@ -171,12 +170,7 @@ def run_cnn_benchmark(
     _check_memory(channels, depth, batches)
     ort_model, ort_version, ort_note = _ort(ort)
     points = {s: solve_eoc("crelu", s, slope=slope) for s in sparsities}  # checks s and slope first
-    data = load_image_dataset("mnist", data_dir)
-    n_images = len(data.x_test)
-    if n_images == 0:
-        raise ValueError(f"--data-dir {data_dir}: the test split holds no images (the benchmark's inputs)")
-    images = np.ascontiguousarray(data.x_test.reshape(n_images, *data.image_shape))  # (N, 1, 28, 28)
-    offset = zero_pixel_offset(data.mean, data.std, (data.image_shape[0], 1, 1))  # (C_0,): a zero pixel
+    data, images, offset = benchmark_inputs(data_dir, images=True)  # (N, 1, 28, 28), (C_0,): a zero pixel
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows = []
