@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from sparse_eoc.checks import check_int
 from sparse_eoc.nn.activations import SparseActivation, make_activation
-from sparse_eoc.nn.sparse_linear import _sparse_linear_input
+from sparse_eoc.nn.sparse_linear import _sparse_linear_input, fused_forward_hidden
 from sparse_eoc.nn.sparsity import SparsityMeter
 
 __all__ = ["SparseMLP", "forward_hidden", "plain_hidden_states"]
@@ -165,6 +165,10 @@ class SparseMLP(nn.Module):
         """
         if x.dim() > 2:
             x = x.flatten(1)  # (B, *) -> (B, in_features)
+        if self.kernels != "dense":
+            a = fused_forward_hidden(self, x)  # (B, width), or None outside training on the CPU
+            if a is not None:
+                return self.readout(a)
         pre_activation = _linear if self.kernels == "dense" else _sparse_linear_input(self)
         x = forward_hidden(self.hidden, x, self.act, self.meter, pre_activation)  # (B, width)
         return self.readout(x)

@@ -38,12 +38,14 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from sparse_eoc.runs.config import KERNEL_CHOICES
 
-__all__ = ["KERNEL_CHOICES", "SparseLinearFunction", "set_kernels_", "sparse_pays", "kernels_available"]
+__all__ = ["KERNEL_CHOICES", "SparseActivationLinearFunction", "SparseLinearFunction", "fused_forward_hidden",
+           "set_kernels_", "sparse_pays", "kernels_available"]
 
 # Cache blocking, chosen on the 2-core CPU this project is developed on (1 MiB L2 per core) at
 # batch 128 and width 4096 (the larger of a tile and the layer is used):
 FORWARD_COL_TILE = 2048  # output columns per tile of the forward: the (B, T) tile of y
 FORWARD_ROW_BLOCK = 64  # weight rows per block of the forward, shared by the batch while in cache
+CACHED_WEIGHT_BYTES = 1 << 20  # a weight this small stays in L2 for the whole batch: one row block
 WEIGHT_COL_TILE = 4096  # columns per tile of dW^T: the (B, T) tile of dy every row j reads
 INPUT_COL_TILE = 2048  # columns per tile of the input gradient's dot products
 INPUT_ROW_BLOCK = 128  # weight rows per block of the input gradient (1024 x 16: 27 ms at width 4096, this: 20)
@@ -124,6 +126,55 @@ def _transposed(weight: Tensor) -> np.ndarray:
     return (wt if wt.is_contiguous() else wt.contiguous()).numpy()
 
 
+def _sparse_forward(ctx, x: Tensor, weight: Tensor, bias: np.ndarray, patterns: tuple) -> Tensor:
+    """y = a W^T + bias (B, N_out) from a's patterns; saves what the backward reads on ``ctx``."""
+    k = _kernels()
+    wt = _transposed(weight)  # (N_in, N_out) row-major: W^T
+    indptr, idx, vals = patterns[:3]
+    batch, n_out = indptr.shape[0] - 1, wt.shape[1]
+    # More threads only where each gets enough work to pay for waking it (a width-300 layer does not).
+    threads = max(1, min(torch.get_num_threads(), int(indptr[-1]) * n_out // PARALLEL_MIN_MACS))
+    y = np.empty((batch, n_out), wt.dtype)  # (B, N_out)
+    row_block = wt.shape[0] if wt.nbytes <= CACHED_WEIGHT_BYTES else FORWARD_ROW_BLOCK
+
+    def part(g0, g1):  # output columns 16 g0 .. 16 g1, in tiles
+        c_end = min(16 * g1, n_out)
+        for c0 in range(16 * g0, c_end, FORWARD_COL_TILE):
+            k.forward_tile(y, bias, wt, indptr, idx, vals, c0, min(c0 + FORWARD_COL_TILE, c_end), row_block, False)
+
+    _run_parts(part, -(-n_out // 16), threads)  # in groups of 16 columns (64-byte lines)
+    ctx.save_for_backward(weight)
+    ctx.patterns, ctx.threads, ctx.n_in = patterns, threads, wt.shape[0]
+    return torch.from_numpy(y)
+
+
+def _sparse_backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(d input, dW, d bias) of :func:`_sparse_forward`'s product: d input only where phi' != 0."""
+    k = _kernels()
+    (weight,) = ctx.saved_tensors
+    wt = _transposed(weight)  # (N_in, N_out)
+    dy_np = dy.contiguous().numpy()  # (B, N_out)
+    n_in = ctx.n_in
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[1]:
+        colptr, rows, tvals = ctx.patterns[3:6]
+        dwt = _grad_weight_buffer(weight, wt.shape, dy_np.dtype)  # (N_in, N_out): dW^T, written whole
+        _run_parts(lambda j0, j1: k.grad_weight_tile(dwt, dy_np, colptr, rows, tvals, j0, j1, WEIGHT_COL_TILE, False),
+                   n_in, ctx.threads)
+        grad_w = torch.from_numpy(dwt).t()  # (N_out, N_in), laid out like the weight
+    if ctx.needs_input_grad[2]:
+        grad_b = dy.sum(0)
+    if ctx.needs_input_grad[0]:
+        indptr, idx = ctx.patterns[6:]
+        dx = np.zeros((dy_np.shape[0], n_in), dy_np.dtype)  # (B, N_in): 0 where phi' = 0
+        _run_parts(lambda j0, j1: k.grad_input_tile(dx, dy_np, wt, indptr, idx, j0, j1, INPUT_COL_TILE,
+                                                    INPUT_ROW_BLOCK),
+                   n_in, ctx.threads)
+        grad_x = torch.from_numpy(dx)
+    ctx.patterns = None
+    return grad_x, grad_w, grad_b
+
+
 class SparseLinearFunction(torch.autograd.Function):
     """y = a W^T + bias with the exact sparse kernels; a (B, N_in) the previous layer's activation.
 
@@ -143,76 +194,74 @@ class SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: Tensor, weight: Tensor, bias: Tensor, m: float) -> Tensor:
-        k = _kernels()
         a_np = a.detach().numpy()  # (B, N_in)
-        wt = _transposed(weight)  # (N_in, N_out) row-major: W^T
-        b_np = bias.detach().numpy()  # (N_out,)
-        batch, n_out = a_np.shape[0], wt.shape[1]
         # The nonzeros as CSR (forward) and CSC (dW), and where phi' != 0 (da); m in a's dtype, as the clip applied it.
-        patterns = k.input_patterns(a_np, a_np.dtype.type(m))
-        indptr, idx, vals = patterns[:3]
-        # More threads only where each gets enough work to pay for waking it (a width-300 layer does not).
-        threads = max(1, min(torch.get_num_threads(), int(indptr[-1]) * n_out // PARALLEL_MIN_MACS))
-        y = np.empty((batch, n_out), a_np.dtype)  # (B, N_out)
-        def part(g0, g1):  # output columns 16 g0 .. 16 g1, in tiles
-            c_end = min(16 * g1, n_out)
-            for c0 in range(16 * g0, c_end, FORWARD_COL_TILE):
-                k.forward_tile(y, b_np, wt, indptr, idx, vals, c0, min(c0 + FORWARD_COL_TILE, c_end),
-                               FORWARD_ROW_BLOCK)
-
-        _run_parts(part, -(-n_out // 16), threads)  # in groups of 16 columns (64-byte lines)
-        ctx.save_for_backward(a, weight)
-        ctx.patterns, ctx.threads = patterns, threads
-        return torch.from_numpy(y)
+        patterns = _kernels().input_patterns(a_np, a_np.dtype.type(m))
+        return _sparse_forward(ctx, a, weight, bias.detach().numpy(), patterns)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        k = _kernels()
-        a, weight = ctx.saved_tensors
-        a_np = a.detach().numpy()  # (B, N_in)
-        wt = _transposed(weight)  # (N_in, N_out)
-        dy_np = dy.contiguous().numpy()  # (B, N_out)
-        n_in = a_np.shape[1]
-        grad_a = grad_w = grad_b = None
-        if ctx.needs_input_grad[1]:
-            colptr, rows, tvals = ctx.patterns[3:6]
-            dwt = _grad_weight_buffer(weight, wt.shape, dy_np.dtype)  # (N_in, N_out): dW^T, written whole
-            _run_parts(lambda j0, j1: k.grad_weight_tile(dwt, dy_np, colptr, rows, tvals, j0, j1,
-                                                                WEIGHT_COL_TILE),
-                       n_in, ctx.threads)
-            grad_w = torch.from_numpy(dwt).t()  # (N_out, N_in), laid out like the weight
-        if ctx.needs_input_grad[2]:
-            grad_b = dy.sum(0)
-        if ctx.needs_input_grad[0]:
-            indptr, idx = ctx.patterns[6:]
-            da = np.zeros(a_np.shape, dy_np.dtype)  # (B, N_in): 0 where phi' = 0
-            _run_parts(lambda j0, j1: k.grad_input_tile(da, dy_np, wt, indptr, idx, j0, j1, INPUT_COL_TILE,
-                                                               INPUT_ROW_BLOCK),
-                       n_in, ctx.threads)
-            grad_a = torch.from_numpy(da)
-        ctx.patterns = None
-        return grad_a, grad_w, grad_b, None
+        return (*_sparse_backward(ctx, dy), None)
+
+
+class SparseActivationLinearFunction(torch.autograd.Function):
+    """y = phi(x) W^T + bias - shift with the exact sparse kernels, the activation fused in.
+
+    The activation's output is never stored whole: its nonzeros are read off the previous
+    layer's pre-activation by :func:`~sparse_eoc.kernels.train.activation_patterns`, and the
+    backward returns d x = phi'(x) (dy W) directly (phi' is 1 where it is nonzero, for every
+    activation here), so the activation adds no pass of its own, forward or backward.
+
+    Args of ``apply(x, weight, bias, shift, patterns)``:
+        x: (B, N_in) float32 or float64, CPU: the previous layer's pre-activation, shifted as the
+            activation module's ``forward_shifted_`` takes it (h - tau for relu_tau and crelu, h
+            for st_tau and cst).
+        weight: (N_out, N_in), stored transposed (see ``set_kernels_``).
+        bias: (N_out,), the layer's bias b; the layer adds b - shift.
+        shift: the activation's ``bias_shift`` that this layer's output is shifted by (a float).
+        patterns: ``activation_patterns(x, kind, tau, m)`` of x (computed by the caller, which
+            reads the density off it).
+
+    Returns:
+        y (B, N_out). Backward: the exact gradients of x, weight and bias.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, shift: float, patterns: tuple) -> Tensor:
+        b_np = bias.detach().numpy()
+        return _sparse_forward(ctx, x, weight, b_np - b_np.dtype.type(shift) if shift else b_np, patterns)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        return (*_sparse_backward(ctx, dy), None, None)
 
 
 #: The cost model of :func:`sparse_pays`: a sparse training step costs about
 #: SPARSE_MAC_COST x density + SPARSE_FIXED_COST / sqrt(width) x sqrt(128 / batch) of the dense
 #: one (the fixed part: building the nonzero lists, the dW^T write, the Python around each
-#: kernel, which a narrow layer does not amortise). Fitted to whole-step ratios measured with
-#: benchmarks/train_step.py on the 2-core CPU this project is developed on, at batch 128:
-#: 0.79 and 1.11 at density 0.15 and 0.30 at width 300; 0.54 and 0.84 at width 1024; 0.41
-#: and 0.71 at width 4096. Constants, not timings at run time: a seed still fixes the run.
+#: kernel, which a narrow layer does not amortise). Fitted to whole-step ratios (sparse kernels /
+#: dense kernels, the same CReLU network) measured with benchmarks/train_step.py on the 2-core
+#: CPU this project is developed on, at batch 128 and one thread, with the activation fused into
+#: the kernels (fused_forward_hidden): 0.58 and 0.86 at density 0.15 and 0.30 at width 300
+#: (depth 30); 0.48 and 0.75 at width 1024 (depth 8). Constants, not timings at run time: a seed
+#: still fixes the run.
 SPARSE_MAC_COST = 2.0
-SPARSE_FIXED_COST = 7.5
+SPARSE_FIXED_COST = 5.5
+#: How much faster a dense product too small for the sparse kernels to split
+#: (PARALLEL_MIN_MACS a thread) runs with each thread past the first, as a fraction of one
+#: thread's speed: the dense width-300 CReLU step went from 34.1-34.7 to 22.5-23.3 ms with 2
+#: threads (x 1.53), while the sparse kernels stay on one.
+DENSE_THREAD_GAIN = 0.53
 
 
 def sparse_pays(batch: int, n_in: int, n_out: int, density: float, threads: int = 1) -> bool:
     """Whether the sparse kernels beat the dense ones for a layer of this shape whose input has
     this fraction of nonzeros (the ``auto`` choice; see SPARSE_MAC_COST). With ``threads`` > 1 a
     product too small to split (PARALLEL_MIN_MACS a thread) runs the kernels on one thread while
-    the dense one uses them all, so its cost counts ``threads`` times."""
+    the dense one uses them all (DENSE_THREAD_GAIN)."""
     fixed = SPARSE_FIXED_COST / math.sqrt(min(n_in, n_out)) * math.sqrt(128.0 / batch)
     split = batch * n_in * n_out * density >= PARALLEL_MIN_MACS * threads
-    return (SPARSE_MAC_COST * density + fixed) * (1 if split else threads) < 1.0
+    return (SPARSE_MAC_COST * density + fixed) * (1 if split else 1 + DENSE_THREAD_GAIN * (threads - 1)) < 1.0
 
 
 def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
@@ -238,6 +287,52 @@ def _sparse_linear_input(model) -> Callable[[nn.Module, Tensor, Tensor], Tensor]
         return F.linear(x, layer.weight, bias)  # (B, out_features)
 
     return pre_activation
+
+
+def fused_forward_hidden(model, x: Tensor) -> Tensor | None:
+    """phi(h^L) (B, width) of a training :class:`~sparse_eoc.nn.mlp.SparseMLP` under sparse or auto
+    kernels, with its activation fused into the next layer's sparse kernels; None where that does
+    not apply (eval mode or no grad, not CPU float32/float64, an activation split into per-layer
+    sites by ``sparse_eoc.sparsify``): the caller then runs the layer-by-layer path.
+
+    Each hidden layer after the first reads the nonzeros of phi(h^{l-1}) straight off h^{l-1}
+    (:class:`SparseActivationLinearFunction`), and its input gradient is already phi' (dy W), so
+    the activation costs no torch op, autograd node or metering pass there: the meter's count is
+    the number of nonzeros found. Under ``auto`` a layer that :func:`sparse_pays` says no to applies
+    the activation and a dense product, as the layer-by-layer path does. The values are those of
+    that path (the same activation values, products up to the order of the additions).
+    """
+    from sparse_eoc.activations import get_activation
+    from sparse_eoc.nn.activations import SparseActivation
+
+    act = model.act
+    if not (isinstance(act, SparseActivation) and torch.is_grad_enabled() and model.training
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
+        return None
+    k = _kernels()
+    kind = k.TWO_SIDED if get_activation(act.name).two_sided else k.ONE_SIDED
+    scalar = np.float32 if x.dtype == torch.float32 else np.float64
+    tau, m = scalar(act.tau), scalar(act.m)
+    shift, meter, threads = act.bias_shift, model.meter, torch.get_num_threads()
+    counts: list[int] = []
+    first = model.hidden[0]
+    h = F.linear(x, first.weight, first.bias - shift if shift else first.bias)  # (B, width): h^1 - shift
+    for layer in model.hidden[1:]:
+        h = h.contiguous()
+        patterns = k.activation_patterns(h.detach().numpy(), kind, tau, m)
+        nnz = int(patterns[0][-1])
+        counts.append(nnz)
+        if model.kernels == "sparse" or sparse_pays(h.shape[0], h.shape[1], layer.out_features, nnz / h.numel(),
+                                                    threads):
+            h = SparseActivationLinearFunction.apply(h, layer.weight, layer.bias, shift, patterns)
+        else:
+            a = act.forward_shifted_(h)  # phi(h^{l-1})
+            h = F.linear(a, layer.weight, layer.bias - shift if shift else layer.bias)
+    a = act.forward_shifted_(h)  # (B, width): phi(h^L)
+    if meter is not None:
+        nonzero = torch.cat([torch.tensor(counts, dtype=torch.int64), meter.count_nonzero(a).reshape(1)])
+        meter.add_counts(nonzero, a.numel(), a.shape[0])  # (L,)
+    return a
 
 
 def set_kernels_(model, kernels: str):
