@@ -88,10 +88,14 @@ def test_the_function_alone_against_dense_products(dtype):
     assert (a1.grad[~active] == 0).all()
 
 
-def test_two_threads_give_the_same_bits(monkeypatch):
+@pytest.mark.parametrize("pool", ["python", "numba"])
+def test_two_threads_give_the_same_bits(monkeypatch, pool):
     import sparse_eoc.nn.sparse_linear as sparse_linear
 
-    monkeypatch.setattr(sparse_linear, "PARALLEL_MIN_MACS", 1)  # split even these tiny products
+    if pool == "python":
+        monkeypatch.setattr(sparse_linear, "PARALLEL_MIN_MACS", 1)  # split even these tiny products
+    else:  # too small for Python threads, but on numba's
+        monkeypatch.setattr(sparse_linear, "NUMBA_PARALLEL_MIN_MACS", 1)
     model = model_with_kinks("crelu")
     x = torch.randn(40, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     y = torch.zeros(40, dtype=torch.long)
@@ -100,6 +104,9 @@ def test_two_threads_give_the_same_bits(monkeypatch):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
         out[threads] = grads(set_kernels_(copy.deepcopy(model), "sparse"), x, y)[0]
     assert all(torch.equal(out[1][k], out[2][k]) for k in out[1])
+    g_dense = grads(model, x, y)[0]
+    for name in g_dense:
+        torch.testing.assert_close(out[2][name], g_dense[name], rtol=0, atol=1e-10, msg=name)
 
 
 def test_eval_and_no_grad_run_plain_torch_ops(monkeypatch):
@@ -146,7 +153,7 @@ def test_auto_weighs_products_too_small_to_split_against_a_multithreaded_dense_o
     # one thread only (measured 0.86 and 1.31 of the dense step)
     assert sparse_pays(128, 300, 300, 0.15, threads=1) and sparse_pays(128, 300, 300, 0.15, threads=2)
     assert sparse_pays(128, 300, 300, 0.30, threads=1) and not sparse_pays(128, 300, 300, 0.30, threads=2)
-    assert not sparse_pays(128, 300, 300, 0.15, threads=4)  # a 4-thread dense product: 2.6 x one thread
+    assert not sparse_pays(128, 300, 300, 0.15, threads=4)  # the dense product gains more from 4 threads
     assert sparse_pays(128, 4096, 4096, 0.15, threads=2)
 
 

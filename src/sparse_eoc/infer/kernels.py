@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
-from sparse_eoc.kernels.rows import axpy_rows, csr_rows_tile, csr_tiling, gather_rows_tile, split_columns, to_csr
+from sparse_eoc.kernels.rows import PRANGE_ONLY, axpy_rows, csr_rows_tile, csr_tiling, gather_rows_tile, split_columns, to_csr
 from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, DENSE, GATHER, UNION, _cost,
                                    choose_strategy)
 
@@ -197,13 +197,7 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
 
 
 _layer_serial = njit(cache=True)(_layer)
-# Only the explicit prange loops run in parallel: numba would otherwise make parallel regions of the
-# array expressions too (np.zeros, counts.sum(): three per layer), each a fork and join of the
-# threads for a few microseconds of work (a depth-8, width-300 network at batch 4 took 2.6x
-# its one-thread time on 2 threads).
-_PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
-                "setitem": False, "numpy": False, "stencil": False, "fusion": False}
-_layer_parallel = njit(parallel=_PRANGE_ONLY)(_layer)
+_layer_parallel = njit(parallel=PRANGE_ONLY)(_layer)  # the prange loops only (PRANGE_ONLY)
 
 
 @njit(cache=True)

@@ -32,9 +32,15 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["axpy_rows", "csr_rows_tile", "gather_rows_tile", "to_csr", "split_columns", "csr_tiling"]
+__all__ = ["PRANGE_ONLY", "axpy_rows", "csr_rows_tile", "gather_rows_tile", "to_csr", "split_columns", "csr_tiling"]
 
 _U = np.uint64
+#: ``njit(parallel=PRANGE_ONLY)``: only the explicit prange loops run in parallel. Numba would
+#: otherwise make parallel regions of the array expressions too (np.zeros, counts.sum()), each a
+#: fork and join of the threads for a few microseconds of work (a depth-8, width-300 network at
+#: batch 4 took 2.6x its one-thread time on 2 threads).
+PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+               "setitem": False, "numpy": False, "stencil": False, "fusion": False}
 PREFETCH_AHEAD = 8  # rows: prefetch two groups of four ahead of the adds
 PREFETCH_FLOATS = 320  # of each upcoming row: a whole width-300 row (1200 bytes)
 

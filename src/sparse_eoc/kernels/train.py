@@ -23,9 +23,9 @@ reused by every example while they are in cache (see :func:`sparse_eoc.kernels.r
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from sparse_eoc.kernels.rows import axpy_rows, csr_rows_tile
+from sparse_eoc.kernels.rows import PRANGE_ONLY, axpy_rows, csr_rows_tile, split_columns
 
 __all__ = ["IDENTITY", "ONE_SIDED", "TWO_SIDED", "activation_patterns", "input_patterns", "forward_tile",
            "grad_weight_tile", "grad_input_tile"]
@@ -215,3 +215,36 @@ def grad_input_tile(da, dy, wt, indptr, idx, j0, j1, col_tile, row_block):
                     da[b, idx[k]] += s0
                     k += 1
                 ptr[b] = k
+
+
+# Numba's threads for the products too small to split over Python threads (a width-300 layer at
+# batch 128: each thread's share is 50-100 us, which a hand-off between Python threads costs).
+# Only the explicit prange loops run in parallel (see sparse_eoc.kernels.rows.PRANGE_ONLY).
+
+
+def _forward_parts(y, bias, wt, indptr, idx, vals, parts, row_block):
+    """forward_tile over ``parts`` column ranges (multiples of 16), one per prange task."""
+    n_out = wt.shape[1]
+    for t in prange(parts):
+        c0, c1 = split_columns(n_out, parts, t)
+        if c1 > c0:
+            csr_rows_tile(y, bias, wt, indptr, idx, vals, c0, c1, row_block, False)
+
+
+def _backward_parts(dwt, da, dy, wt, colptr, rows, tvals, act_ptr, act_idx, parts, weight_col_tile,
+                    input_col_tile, input_row_block):
+    """grad_weight_tile and grad_input_tile, each over ``parts`` row ranges, as 2 x parts prange tasks
+    (a weight or input gradient not wanted is passed as an empty array and skipped)."""
+    n_in = wt.shape[0]
+    for t in prange(2 * parts):
+        p = t % parts
+        j0, j1 = n_in * p // parts, n_in * (p + 1) // parts
+        if t < parts:
+            if dwt.size > 0:
+                grad_weight_tile(dwt, dy, colptr, rows, tvals, j0, j1, weight_col_tile, False)
+        elif da.size > 0:
+            grad_input_tile(da, dy, wt, act_ptr, act_idx, j0, j1, input_col_tile, input_row_block)
+
+
+forward_parallel = njit(cache=True, nogil=True, parallel=PRANGE_ONLY)(_forward_parts)
+backward_parallel = njit(cache=True, nogil=True, parallel=PRANGE_ONLY)(_backward_parts)

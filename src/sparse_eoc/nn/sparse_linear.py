@@ -25,6 +25,7 @@ made contiguous as always); call it before the optimiser is built.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,8 @@ CACHED_WEIGHT_BYTES = 1 << 20  # a weight this small stays in L2 for the whole b
 WEIGHT_COL_TILE = 4096  # columns per tile of dW^T: the (B, T) tile of dy every row j reads
 INPUT_COL_TILE = 2048  # columns per tile of the input gradient's dot products
 INPUT_ROW_BLOCK = 128  # weight rows per block of the input gradient (1024 x 16: 27 ms at width 4096, this: 20)
-PARALLEL_MIN_MACS = 4_000_000  # multiply-adds per thread of a product below which it runs on one thread
+PARALLEL_MIN_MACS = 4_000_000  # multiply-adds per Python thread of a product below which numba's threads run it
+NUMBA_PARALLEL_MIN_MACS = 1 << 19  # multiply-adds below which a product runs on one thread
 
 
 def kernels_available() -> bool:
@@ -119,6 +121,22 @@ def _run_parts(fn: Callable[[int, int], None], n: int, threads: int) -> None:
         future.result()
 
 
+@contextlib.contextmanager
+def _numba_threads(threads: int):
+    """Run numba's parallel kernels on ``threads`` threads (at most its pool's size); yields that number."""
+    import numba
+
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    previous = numba.get_num_threads()
+    if previous != threads:
+        numba.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if previous != threads:
+            numba.set_num_threads(previous)
+
+
 def _transposed(weight: Tensor) -> np.ndarray:
     """W^T (N_in, N_out) row-major as a NumPy view of the weight's memory (a copy only if the
     weight lost the layout ``set_kernels_`` gave it, e.g. replaced by a contiguous tensor)."""
@@ -132,19 +150,26 @@ def _sparse_forward(ctx, x: Tensor, weight: Tensor, bias: np.ndarray, patterns: 
     wt = _transposed(weight)  # (N_in, N_out) row-major: W^T
     indptr, idx, vals = patterns[:3]
     batch, n_out = indptr.shape[0] - 1, wt.shape[1]
-    # More threads only where each gets enough work to pay for waking it (a width-300 layer does not).
-    threads = max(1, min(torch.get_num_threads(), int(indptr[-1]) * n_out // PARALLEL_MIN_MACS))
+    macs, available = int(indptr[-1]) * n_out, torch.get_num_threads()
+    # Python threads where each gets enough work to pay for waking it (a width-4096 layer);
+    # numba's (a fork and join of spinning threads) for products too small for that (width 300).
+    threads = max(1, min(available, macs // PARALLEL_MIN_MACS))
+    numba_threads = available if threads == 1 and available > 1 and macs >= NUMBA_PARALLEL_MIN_MACS else 1
     y = np.empty((batch, n_out), wt.dtype)  # (B, N_out)
     row_block = wt.shape[0] if wt.nbytes <= CACHED_WEIGHT_BYTES else FORWARD_ROW_BLOCK
+    if numba_threads > 1:
+        with _numba_threads(numba_threads) as parts:
+            k.forward_parallel(y, bias, wt, indptr, idx, vals, parts, row_block)
+    else:
+        def part(g0, g1):  # output columns 16 g0 .. 16 g1, in tiles
+            c_end = min(16 * g1, n_out)
+            for c0 in range(16 * g0, c_end, FORWARD_COL_TILE):
+                k.forward_tile(y, bias, wt, indptr, idx, vals, c0, min(c0 + FORWARD_COL_TILE, c_end), row_block,
+                               False)
 
-    def part(g0, g1):  # output columns 16 g0 .. 16 g1, in tiles
-        c_end = min(16 * g1, n_out)
-        for c0 in range(16 * g0, c_end, FORWARD_COL_TILE):
-            k.forward_tile(y, bias, wt, indptr, idx, vals, c0, min(c0 + FORWARD_COL_TILE, c_end), row_block, False)
-
-    _run_parts(part, -(-n_out // 16), threads)  # in groups of 16 columns (64-byte lines)
+        _run_parts(part, -(-n_out // 16), threads)  # in groups of 16 columns (64-byte lines)
     ctx.save_for_backward(weight)
-    ctx.patterns, ctx.threads, ctx.n_in = patterns, threads, wt.shape[0]
+    ctx.patterns, ctx.threads, ctx.numba_threads, ctx.n_in = patterns, threads, numba_threads, wt.shape[0]
     return torch.from_numpy(y)
 
 
@@ -156,14 +181,27 @@ def _sparse_backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Ten
     dy_np = dy.contiguous().numpy()  # (B, N_out)
     n_in = ctx.n_in
     grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[2]:
+        grad_b = dy.sum(0)
+    if ctx.numba_threads > 1:  # both products at once, across numba's threads
+        empty = np.empty((0, 0), dy_np.dtype)
+        dwt = _grad_weight_buffer(weight, wt.shape, dy_np.dtype) if ctx.needs_input_grad[1] else empty
+        dx = np.zeros((dy_np.shape[0], n_in), dy_np.dtype) if ctx.needs_input_grad[0] else empty
+        with _numba_threads(ctx.numba_threads) as parts:
+            k.backward_parallel(dwt, dx, dy_np, wt, *ctx.patterns[3:], parts, WEIGHT_COL_TILE, INPUT_COL_TILE,
+                                INPUT_ROW_BLOCK)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.from_numpy(dwt).t()  # (N_out, N_in), laid out like the weight
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.from_numpy(dx)
+        ctx.patterns = None
+        return grad_x, grad_w, grad_b
     if ctx.needs_input_grad[1]:
         colptr, rows, tvals = ctx.patterns[3:6]
         dwt = _grad_weight_buffer(weight, wt.shape, dy_np.dtype)  # (N_in, N_out): dW^T, written whole
         _run_parts(lambda j0, j1: k.grad_weight_tile(dwt, dy_np, colptr, rows, tvals, j0, j1, WEIGHT_COL_TILE, False),
                    n_in, ctx.threads)
         grad_w = torch.from_numpy(dwt).t()  # (N_out, N_in), laid out like the weight
-    if ctx.needs_input_grad[2]:
-        grad_b = dy.sum(0)
     if ctx.needs_input_grad[0]:
         indptr, idx = ctx.patterns[6:]
         dx = np.zeros((dy_np.shape[0], n_in), dy_np.dtype)  # (B, N_in): 0 where phi' = 0
@@ -247,18 +285,18 @@ class SparseActivationLinearFunction(torch.autograd.Function):
 #: still fixes the run.
 SPARSE_MAC_COST = 2.0
 SPARSE_FIXED_COST = 5.5
-#: How much faster a dense product too small for the sparse kernels to split
-#: (PARALLEL_MIN_MACS a thread) runs with each thread past the first, as a fraction of one
-#: thread's speed: the dense width-300 CReLU step went from 34.1-34.7 to 22.5-23.3 ms with 2
-#: threads (x 1.53), while the sparse kernels stay on one.
-DENSE_THREAD_GAIN = 0.53
+#: How much more a dense product gains from each thread past the first than the sparse kernels
+#: do on a product too small to split over Python threads (PARALLEL_MIN_MACS a thread; numba's
+#: threads run it): the width-300 CReLU step with 2 threads against 1 went from 34.1-34.7 to
+#: 21.9-23.3 ms with dense kernels (x 1.53) and from 19.8 to 17.2 ms with sparse ones (x 1.15).
+DENSE_THREAD_GAIN = 0.35
 
 
 def sparse_pays(batch: int, n_in: int, n_out: int, density: float, threads: int = 1) -> bool:
     """Whether the sparse kernels beat the dense ones for a layer of this shape whose input has
     this fraction of nonzeros (the ``auto`` choice; see SPARSE_MAC_COST). With ``threads`` > 1 a
-    product too small to split (PARALLEL_MIN_MACS a thread) runs the kernels on one thread while
-    the dense one uses them all (DENSE_THREAD_GAIN)."""
+    product too small to split over Python threads (PARALLEL_MIN_MACS a thread) gains less from
+    them than the dense one (DENSE_THREAD_GAIN)."""
     fixed = SPARSE_FIXED_COST / math.sqrt(min(n_in, n_out)) * math.sqrt(128.0 / batch)
     split = batch * n_in * n_out * density >= PARALLEL_MIN_MACS * threads
     return (SPARSE_MAC_COST * density + fixed) * (1 if split else 1 + DENSE_THREAD_GAIN * (threads - 1)) < 1.0
