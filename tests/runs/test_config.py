@@ -188,3 +188,17 @@ def test_the_mlp_preset_takes_the_residual_model(tmp_path):
     resmlp = TrainConfig(sparsity=0.85, model="resmlp", thresholds="per-layer")
     with pytest.raises(ValueError, match="settings differ in thresholds"):
         check_same_settings({**resmlp.to_dict(), "thresholds": "per-layer"}, resmlp.replace(thresholds="tracked"), "c")
+
+
+def test_the_s90_preset_is_a_whole_recipe_and_relu_on_top_is_its_baseline():
+    """`--preset mlp-mnist-s90` runs the sparse recipe alone; `--activation relu` on top drops its
+    sparse settings (sparsity, clip, q*) and keeps the architecture and optimisation."""
+    recipe = layer_settings(preset="mlp-mnist-s90")
+    assert (recipe.activation, recipe.sparsity, recipe.slope, recipe.model) == ("crelu", 0.9, 0.7, "resmlp")
+    relu = layer_settings(preset="mlp-mnist-s90", explicit={"activation": "relu"})
+    assert (relu.activation, relu.slope, relu.m, relu.q_star) == ("relu", None, None, 1.0)
+    assert (relu.model, relu.depth, relu.epochs, relu.lr, relu.lr_schedule, relu.val_size) == (
+        recipe.model, recipe.depth, recipe.epochs, recipe.lr, recipe.lr_schedule, recipe.val_size)
+    variant = layer_settings(preset="mlp-mnist-s90", explicit={"sparsity": 0.85})
+    assert (variant.activation, variant.sparsity, variant.slope) == ("crelu", 0.85, 0.7)
+    assert layer_settings(preset="mlp-mnist-s90", explicit={"activation": "cst"}).sparsity == 0.9

@@ -16,6 +16,13 @@ run files see ordinary parameters and gradients.
   the layer's shape say they pay (:func:`sparse_pays`), plain torch ops elsewhere: decided
   from density and shape only, never from timings, so a seed still fixes the run.
 
+A SparseMLP fuses its activation into the next layer's kernels while training
+(:func:`fused_forward_hidden`, :class:`SparseActivationLinearFunction`): the nonzeros of phi(h) are
+read straight off h and the input gradient is phi'(h) (dy W), so the activation adds no pass of
+its own. Products big enough run over Python threads (PARALLEL_MIN_MACS a thread), smaller ones
+over numba's (NUMBA_PARALLEL_MIN_MACS), both with the one-thread result bit for bit. README
+"Sparse training kernels" has the measurements.
+
 In eval mode or under ``torch.no_grad()`` the model runs plain torch ops whatever the choice
 (so it exports to ONNX and evaluates exactly as a dense-trained model). The sparse kernels
 read W^T row by row, so ``set_kernels_`` stores those layers' weights transposed in memory

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from sparse_eoc.activations import ACTIVATIONS, ALIASES, RELU_SPARSITY, canonical_name, get_activation
 from sparse_eoc.checks import check_int
 from sparse_eoc.runs.files import CONFIG_FILE
-from sparse_eoc.runs.presets import PRESETS, get_preset
+from sparse_eoc.runs.presets import PRESETS, SPARSE_RECIPE_SETTINGS, get_preset
 
 __all__ = [
     "TrainConfig", "OPTIMIZERS", "MODELS", "PADDING_MODES", "WEIGHT_INITS", "DATASETS", "LR_SCHEDULES",
@@ -434,8 +434,9 @@ def layer_settings(*, config_file: str | os.PathLike | None = None, preset: str 
     (the command line's options).
 
     An explicit choice replaces what it excludes in the layers below: ``m`` and ``slope``
-    are alternatives, an unclipped activation takes neither, ``relu`` fixes the sparsity, and
-    a model that is not residual takes no ``residual_scale`` or ``thresholds``.
+    are alternatives, an unclipped activation takes neither, ``relu`` fixes the sparsity (and
+    drops the sparse recipe, SPARSE_RECIPE_SETTINGS, of a preset that fixes its activation: its
+    ReLU baseline), and a model that is not residual takes no ``residual_scale`` or ``thresholds``.
 
     Raises:
         ValueError: an unreadable config file, an unknown preset, or settings TrainConfig rejects.
@@ -443,9 +444,14 @@ def layer_settings(*, config_file: str | os.PathLike | None = None, preset: str 
     settings: dict[str, Any] = {}
     if config_file is not None:
         settings.update(read_config_file(config_file))
-    if preset is not None:
-        settings.update(get_preset(preset), preset=preset)
     explicit = dict(explicit or {})
+    if preset is not None:
+        values = dict(get_preset(preset))
+        if explicit.get("activation") == "relu" and "activation" in values:
+            # a preset that fixes a sparse recipe (mlp-mnist-s90): its ReLU baseline drops the recipe
+            for name in SPARSE_RECIPE_SETTINGS:
+                values.pop(name, None)
+        settings.update(values, preset=preset)
     if "m" in explicit or "slope" in explicit or "activation" in explicit:
         settings.pop("m", None), settings.pop("slope", None)
     if explicit.get("activation") == "relu":
