@@ -274,3 +274,35 @@ def test_activation_patterns_hold_the_torch_activations_nonzeros_bit_for_bit(act
     act(hd).sum().backward()
     assert torch.equal(active[~a.isnan()], (hd.grad != 0)[~a.isnan()])
     assert act_ptr[-1] == int(active.sum()) and (act_idx == active.nonzero(as_tuple=True)[1].numpy()).all()
+    assert kernels.activation_nonzeros(x.numpy(), kind, scalar(tau), scalar(m)) == int(nonzero.sum())
+
+
+def test_auto_mixes_sparse_and_dense_layers_with_dense_autograds_gradients(monkeypatch):
+    """Under ``auto`` the fused path counts first and builds the nonzero lists only for the layers
+    it runs sparse: with every other decision forced sparse, gradients and counts stay exact."""
+    import sparse_eoc.nn.sparse_linear as sparse_linear
+    from sparse_eoc.nn.sparsity import SparsityMeter
+
+    calls = []
+
+    def alternate(*args):
+        calls.append(args)
+        return len(calls) % 2 == 1
+
+    monkeypatch.setattr(sparse_linear, "sparse_pays", alternate)
+    dense = model_with_kinks("cst")
+    sparse = set_kernels_(copy.deepcopy(dense), "auto")
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(9, 12, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (9,), generator=gen)
+    (g_dense, x_dense), (g_sparse, x_sparse) = grads(dense, x, y), grads(sparse, x, y)
+    assert len(calls) == 3  # one decision per layer after the first
+    for name in g_dense:
+        torch.testing.assert_close(g_sparse[name], g_dense[name], rtol=0, atol=1e-10, msg=name)
+    torch.testing.assert_close(x_sparse, x_dense, rtol=0, atol=1e-10)
+    counts = []
+    for model in (dense, sparse):
+        with SparsityMeter().attach(model) as meter:
+            model(x)
+        counts.append(meter.zeros_per_layer())
+    assert counts[0] == counts[1]

@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from sparse_eoc.kernels.rows import PRANGE_ONLY, axpy_rows, csr_rows_tile, split_columns
 
-__all__ = ["IDENTITY", "ONE_SIDED", "TWO_SIDED", "activation_patterns", "input_patterns", "forward_tile",
+__all__ = ["IDENTITY", "ONE_SIDED", "TWO_SIDED", "activation_nonzeros", "activation_patterns", "input_patterns", "forward_tile",
            "grad_weight_tile", "grad_input_tile"]
 
 _U = np.uint64
@@ -124,6 +124,16 @@ def activation_patterns(x, kind, tau, m):
                     act_idx[k_act] = j
                     k_act += 1
     return indptr, idx, vals, colptr, rows, tvals, act_ptr, act_idx
+
+
+@njit(cache=True, nogil=True)
+def activation_nonzeros(x, kind, tau, m):
+    """The number of nonzeros of a = phi(x) (see :func:`activation_patterns`), one branch-free pass."""
+    count = 0
+    for b in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            count += _nonzero_active(x[b, j], kind, tau, m)[0]
+    return count
 
 
 @njit(cache=True, nogil=True)

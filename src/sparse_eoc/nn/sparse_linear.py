@@ -364,11 +364,16 @@ def fused_forward_hidden(model, x: Tensor) -> Tensor | None:
     h = F.linear(x, first.weight, first.bias - shift if shift else first.bias)  # (B, width): h^1 - shift
     for layer in model.hidden[1:]:
         h = h.contiguous()
-        patterns = k.activation_patterns(h.detach().numpy(), kind, tau, m)
-        nnz = int(patterns[0][-1])
+        x = h.detach().numpy()
+        if model.kernels == "sparse":
+            patterns = k.activation_patterns(x, kind, tau, m)
+            nnz = int(patterns[0][-1])
+        else:  # auto: count first (one cheap pass), build the nonzero lists only for a sparse layer
+            nnz, patterns = int(k.activation_nonzeros(x, kind, tau, m)), None
+            if sparse_pays(h.shape[0], h.shape[1], layer.out_features, nnz / h.numel(), threads):
+                patterns = k.activation_patterns(x, kind, tau, m)
         counts.append(nnz)
-        if model.kernels == "sparse" or sparse_pays(h.shape[0], h.shape[1], layer.out_features, nnz / h.numel(),
-                                                    threads):
+        if patterns is not None:
             h = SparseActivationLinearFunction.apply(h, layer.weight, layer.bias, shift, patterns)
         else:
             a = act.forward_shifted_(h)  # phi(h^{l-1})
