@@ -151,7 +151,7 @@ def _transposed(weight: Tensor) -> np.ndarray:
     return (wt if wt.is_contiguous() else wt.contiguous()).numpy()
 
 
-def _sparse_forward(ctx, x: Tensor, weight: Tensor, bias: np.ndarray, patterns: tuple) -> Tensor:
+def _sparse_forward(ctx, weight: Tensor, bias: np.ndarray, patterns: tuple) -> Tensor:
     """y = a W^T + bias (B, N_out) from a's patterns; saves what the backward reads on ``ctx``."""
     k = _kernels()
     wt = _transposed(weight)  # (N_in, N_out) row-major: W^T
@@ -187,36 +187,27 @@ def _sparse_backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Ten
     wt = _transposed(weight)  # (N_in, N_out)
     dy_np = dy.contiguous().numpy()  # (B, N_out)
     n_in = ctx.n_in
-    grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[2]:
-        grad_b = dy.sum(0)
-    if ctx.numba_threads > 1:  # both products at once, across numba's threads
+    grad_b = dy.sum(0) if ctx.needs_input_grad[2] else None
+    dwt = _grad_weight_buffer(weight, wt.shape, dy_np.dtype) if ctx.needs_input_grad[1] else None  # dW^T, written whole
+    dx = np.zeros((dy_np.shape[0], n_in), dy_np.dtype) if ctx.needs_input_grad[0] else None  # 0 where phi' = 0
+    colptr, rows, tvals, act_ptr, act_idx = ctx.patterns[3:]
+    if ctx.numba_threads > 1:  # both products at once, across numba's threads (an empty array: not wanted)
         empty = np.empty((0, 0), dy_np.dtype)
-        dwt = _grad_weight_buffer(weight, wt.shape, dy_np.dtype) if ctx.needs_input_grad[1] else empty
-        dx = np.zeros((dy_np.shape[0], n_in), dy_np.dtype) if ctx.needs_input_grad[0] else empty
         with _numba_threads(ctx.numba_threads) as parts:
-            k.backward_parallel(dwt, dx, dy_np, wt, *ctx.patterns[3:], parts, WEIGHT_COL_TILE, INPUT_COL_TILE,
-                                INPUT_ROW_BLOCK)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.from_numpy(dwt).t()  # (N_out, N_in), laid out like the weight
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.from_numpy(dx)
-        ctx.patterns = None
-        return grad_x, grad_w, grad_b
-    if ctx.needs_input_grad[1]:
-        colptr, rows, tvals = ctx.patterns[3:6]
-        dwt = _grad_weight_buffer(weight, wt.shape, dy_np.dtype)  # (N_in, N_out): dW^T, written whole
-        _run_parts(lambda j0, j1: k.grad_weight_tile(dwt, dy_np, colptr, rows, tvals, j0, j1, WEIGHT_COL_TILE, False),
-                   n_in, ctx.threads)
-        grad_w = torch.from_numpy(dwt).t()  # (N_out, N_in), laid out like the weight
-    if ctx.needs_input_grad[0]:
-        indptr, idx = ctx.patterns[6:]
-        dx = np.zeros((dy_np.shape[0], n_in), dy_np.dtype)  # (B, N_in): 0 where phi' = 0
-        _run_parts(lambda j0, j1: k.grad_input_tile(dx, dy_np, wt, indptr, idx, j0, j1, INPUT_COL_TILE,
-                                                    INPUT_ROW_BLOCK),
-                   n_in, ctx.threads)
-        grad_x = torch.from_numpy(dx)
+            k.backward_parallel(empty if dwt is None else dwt, empty if dx is None else dx, dy_np, wt, colptr, rows,
+                                tvals, act_ptr, act_idx, parts, WEIGHT_COL_TILE, INPUT_COL_TILE, INPUT_ROW_BLOCK)
+    else:
+        if dwt is not None:
+            _run_parts(lambda j0, j1: k.grad_weight_tile(dwt, dy_np, colptr, rows, tvals, j0, j1, WEIGHT_COL_TILE,
+                                                         False),
+                       n_in, ctx.threads)
+        if dx is not None:
+            _run_parts(lambda j0, j1: k.grad_input_tile(dx, dy_np, wt, act_ptr, act_idx, j0, j1, INPUT_COL_TILE,
+                                                        INPUT_ROW_BLOCK),
+                       n_in, ctx.threads)
     ctx.patterns = None
+    grad_w = None if dwt is None else torch.from_numpy(dwt).t()  # (N_out, N_in), laid out like the weight
+    grad_x = None if dx is None else torch.from_numpy(dx)  # (B, N_in)
     return grad_x, grad_w, grad_b
 
 
@@ -242,7 +233,7 @@ class SparseLinearFunction(torch.autograd.Function):
         a_np = a.detach().numpy()  # (B, N_in)
         # The nonzeros as CSR (forward) and CSC (dW), and where phi' != 0 (da); m in a's dtype, as the clip applied it.
         patterns = _kernels().input_patterns(a_np, a_np.dtype.type(m))
-        return _sparse_forward(ctx, a, weight, bias.detach().numpy(), patterns)
+        return _sparse_forward(ctx, weight, bias.detach().numpy(), patterns)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -274,7 +265,7 @@ class SparseActivationLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, shift: float, patterns: tuple) -> Tensor:
         b_np = bias.detach().numpy()
-        return _sparse_forward(ctx, x, weight, b_np - b_np.dtype.type(shift) if shift else b_np, patterns)
+        return _sparse_forward(ctx, weight, b_np - b_np.dtype.type(shift) if shift else b_np, patterns)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -364,14 +355,14 @@ def fused_forward_hidden(model, x: Tensor) -> Tensor | None:
     h = F.linear(x, first.weight, first.bias - shift if shift else first.bias)  # (B, width): h^1 - shift
     for layer in model.hidden[1:]:
         h = h.contiguous()
-        x = h.detach().numpy()
+        h_np = h.detach().numpy()  # (B, width)
         if model.kernels == "sparse":
-            patterns = k.activation_patterns(x, kind, tau, m)
+            patterns = k.activation_patterns(h_np, kind, tau, m)
             nnz = int(patterns[0][-1])
         else:  # auto: count first (one cheap pass), build the nonzero lists only for a sparse layer
-            nnz, patterns = int(k.activation_nonzeros(x, kind, tau, m)), None
+            nnz, patterns = int(k.activation_nonzeros(h_np, kind, tau, m)), None
             if sparse_pays(h.shape[0], h.shape[1], layer.out_features, nnz / h.numel(), threads):
-                patterns = k.activation_patterns(x, kind, tau, m)
+                patterns = k.activation_patterns(h_np, kind, tau, m)
         counts.append(nnz)
         if patterns is not None:
             h = SparseActivationLinearFunction.apply(h, layer.weight, layer.bias, shift, patterns)
