@@ -170,23 +170,39 @@ def test_auto_gathers_at_batch_1_and_picks_dense_for_a_dense_input_batch(backend
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
 @pytest.mark.parametrize("activation", ["relu_tau", "st_tau", "crelu", "cst"])
 @pytest.mark.parametrize("skip", [True, False])
-def test_the_batch_1_kernel_equals_the_per_layer_gather_kernel_bit_for_bit(activation, skip):
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_the_small_batch_kernel_equals_the_per_layer_gather_kernel_bit_for_bit(activation, skip, batch):
     from sparse_eoc.infer import kernels
 
     model = eoc_mlp(activation, sparsity=0.8)
-    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, backend="numba")
-    x = images(1, seed=5)
-    single = engine(x, skip_zeros=skip)  # batch 1, one thread: forward_single
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy="gather", backend="numba")
+    x = images(batch, seed=5)
+    small = engine(x, skip_zeros=skip)  # a small batch on one thread: forward_small
     wts, biases = engine._typed
     n = model.depth + 1
     stats = np.zeros((n, 4), np.int64)
     gather = np.full(n, GATHER_CODE, np.int64)
     per_layer = kernels.forward_serial(x, engine._offset32, wts, biases, engine._kinds, engine._taus, engine._ms,
                                        gather, skip, engine._costs, 1, engine.tile_bytes, stats)
-    assert np.array_equal(single, per_layer)
+    assert np.array_equal(small, per_layer)
     s = engine.last_stats
     assert (s.strategies, s.nnz, s.union, s.macs) == (("gather",) * n, tuple(stats[:, 1]), tuple(stats[:, 2]),
                                                       tuple(stats[:, 3]))
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_the_small_batch_kernel_runs_a_dense_input_layer_as_a_dense_product():
+    """Under auto, a dense layer inside the fused small-batch kernel is one BLAS product, and the
+    strategies and statistics are those of the per-layer NumPy reference."""
+    model = eoc_mlp("crelu", sparsity=0.85)
+    x = images(8, seed=2)
+    engines = [SparseEngine.from_model(model, backend=b) for b in ("numba", "numpy")]  # x has no zeros
+    outs = [e(x) for e in engines]
+    a, b = (e.last_stats for e in engines)
+    assert a.strategies[0] == "dense" and set(a.strategies[1:]) == {"gather"}
+    assert (a.strategies, a.nnz, a.union, a.macs) == (b.strategies, b.nnz, b.union, b.macs)
+    assert np.all(relative_error(outs[0], dense_logits(model, x)) <= RTOL)
+    assert np.all(relative_error(outs[0], outs[1]) <= RTOL)
 
 
 def test_torch_in_torch_out_and_image_shapes():

@@ -36,8 +36,8 @@ import scipy.sparse
 
 from sparse_eoc.activations import get_activation
 from sparse_eoc.checks import check_int
-from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENSE, GATHER, STRATEGIES, UNION,
-                                   CostModel, choose_strategy, flop_reduction, layer_activations,
+from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENSE, GATHER, SMALL_BATCH, STRATEGIES,
+                                   UNION, CostModel, choose_strategy, flop_reduction, layer_activations,
                                    strategy_code)
 
 __all__ = ["SparseEngine", "EngineStats", "BACKENDS", "PARALLEL_MIN_MACS", "numba_available", "zero_pixel_offset"]
@@ -211,8 +211,9 @@ class SparseEngine:
         input_offset: None, a float, or (N_0,) floats c: the first layer computes
             (x - c) W^T + (b + c W^T), exact zeros wherever x equals c (see the module docstring).
         strategy: ``auto`` (per layer and call, from the measured sparsity, see
-            :mod:`sparse_eoc.infer.plan`; ``gather`` at batch 1, where with numba and one
-            thread the whole network runs as one gather kernel), ``dense``, ``gather``,
+            :mod:`sparse_eoc.infer.plan`; ``gather`` at batch 1, ``gather`` or ``dense`` up to
+            ``SMALL_BATCH`` = 16 examples, where with numba and one thread the whole network
+            runs as one fused gather kernel), ``dense``, ``gather``,
             ``union`` or ``csr``; or a sequence of L + 1 of these, one per layer.
         threads: CPU threads of the numba kernels, >= 1 (1: the serial kernel; more: column
             tiles across threads, each tile of a ``union`` layer one BLAS product; a call with
@@ -284,9 +285,9 @@ class SparseEngine:
             self._biases[i] -= np.float32(self.bias_shift)  # b - tau for a one-sided phi, as SparseMLP folds it
         self.strategy = strategy
         self._codes = self._check_strategy(strategy, n_layers)
-        # Batch 1 runs every layer as a gather under auto (no batch to share rows across),
-        # in one kernel without per-layer choices; explicit other strategies keep their kernels.
-        self._single_ok = bool(np.all((self._codes == AUTO) | (self._codes == GATHER)))
+        # A small batch runs as one fused gather kernel under auto or gather (gather or dense per
+        # layer, no per-layer allocation); explicit other strategies keep their kernels.
+        self._small_ok = bool(np.all((self._codes == AUTO) | (self._codes == GATHER)))
         self.threads = check_int("threads", threads)
         self.tile_bytes = check_int("tile_bytes", tile_bytes, minimum=1024)
         self.cost = CostModel() if cost is None else cost
@@ -466,13 +467,12 @@ class SparseEngine:
         wts, biases = self._typed
         stats = np.zeros((len(self._wts), 4), dtype=np.int64)
         threads = self.threads if x.shape[0] * self._layer_macs >= PARALLEL_MIN_MACS else 1
-        if x.shape[0] == 1 and threads == 1 and self._single_ok:
-            # Batch 1 on one thread: the whole-network gather kernel, nothing chosen per layer.
-            return k.forward_single(x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, skip,
-                                    stats), stats
         args = (x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
         with _blas_on_caller():  # one thread pool: numba's (see _blas_on_caller)
-            if threads == 1:
+            if x.shape[0] <= SMALL_BATCH and threads == 1 and self._small_ok:
+                # A small batch on one thread: the fused gather kernel, gather or dense per layer.
+                logits = k.forward_small(*args, stats)
+            elif threads == 1:
                 logits = k.forward_serial(*args, 1, self.tile_bytes, stats)
             else:
                 import numba

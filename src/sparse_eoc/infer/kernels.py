@@ -5,8 +5,10 @@ engine falls back to its NumPy path otherwise. One call of :func:`forward_serial
 :func:`forward_parallel`) runs every layer (no Python between layers), for each layer:
 count the nonzero inputs and the union, pick a strategy
 (:func:`sparse_eoc.infer.plan.choose_strategy`, compiled here as it is), multiply, add the
-bias and apply the activation in the same pass over the output tile. :func:`forward_single` is the batch-1
-latency path: every layer a gather, with no per-layer counting, choice or allocation.
+bias and apply the activation in the same pass over the output tile. :func:`forward_small` is the
+small-batch path (batch 1, the latency case, up to ``SMALL_BATCH`` examples on one thread): every
+layer a per-example gather (or, where the measured density says so, a dense product), fused with
+the activation and the compaction of the next layer's nonzeros, with no per-layer allocation.
 
 The row kernels (weighted sums of W^T rows, prefetching, CSR) are :mod:`sparse_eoc.kernels.rows`,
 shared with sparse training.
@@ -36,7 +38,7 @@ from sparse_eoc.kernels.rows import PRANGE_ONLY, axpy_rows, csr_rows_tile, csr_t
 from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, DENSE, GATHER, UNION, _cost,
                                    choose_strategy)
 
-__all__ = ["forward_single", "forward_serial", "forward_parallel"]
+__all__ = ["forward_small", "forward_serial", "forward_parallel"]
 
 # The cost model and the strategy choice are written once, in plan.py (the NumPy backend calls
 # them there); registered here, numba compiles those same functions into _layer. numba's disk
@@ -232,46 +234,89 @@ def _act_compact(y, n_out, kind, tau, m, skip, idx, vals):
 
 
 @njit(cache=True)
-def forward_single(x, offset, wts, biases, kinds, taus, ms, skip, stats):
-    """Logits (1, N_L+1) of one example x (1, N_0): the batch-1 path, one thread.
+def _compact_rows(y, n_out, kind, tau, m, skip, idx, vals, counts, mark):
+    """phi over y[:, :n_out] in place, each example's nonzeros to its row of idx/vals (see
+    :func:`_act_compact`), their number to ``counts``. Returns (nnz, |union|): the nonzeros and
+    the units nonzero for some example (``mark`` (>= n_out,) bool, all False in and out)."""
+    nnz = 0
+    n_union = 0
+    for b in range(y.shape[0]):
+        counts[b], nz = _act_compact(y[b], n_out, kind, tau, m, skip, idx[b], vals[b])
+        nnz += nz
+        for i in range(counts[b]):
+            j = idx[b, i]
+            if vals[b, i] != 0 and not mark[j]:  # NaN is nonzero, as in _act_compact
+                mark[j] = True
+                n_union += 1
+    for b in range(y.shape[0]):
+        for i in range(counts[b]):
+            mark[idx[b, i]] = False
+    return nnz, n_union
 
-    The latency case has no batch to share rows across, so every layer is a gather and
-    nothing is decided per layer: the activation pass of layer l writes the nonzero list
-    (idx, vals) that layer l + 1 reads, into buffers allocated once per call. Per layer
-    that is one pass over the output (bias, phi, compaction) plus one contiguous row of
-    W^T per nonzero input, added in the same groups of four as the ``gather`` strategy,
-    so the result is bit-identical to ``forward_serial`` with ``gather``.
 
-    ``stats`` (L + 1, 4) int64 gets (GATHER, nnz, nnz, multiply-adds) per layer, as in
-    ``_layer``; ``skip=False`` is the dense-own baseline (every row read).
+@njit(cache=True)
+def forward_small(x, offset, wts, biases, kinds, taus, ms, strategies, skip, costs, stats):
+    """Logits (B, N_L+1) of a small batch x (B, N_0): every layer a per-example gather, fused, one thread.
+
+    A small batch shares too few rows for ``csr`` or ``union`` to pay (``choose_strategy``:
+    ``gather`` or ``dense`` up to :data:`sparse_eoc.infer.plan.SMALL_BATCH` examples), so
+    nothing but the gather-or-dense choice is made per layer, and nothing is allocated per
+    layer: the activation pass of layer l writes each example's nonzero list (idx, vals) that
+    layer l + 1 reads, into buffers allocated once per call. Per layer and example that is one
+    pass over the output (bias, phi, compaction) plus one contiguous row of W^T per nonzero
+    input, added in the same groups of four as the ``gather`` strategy, so the result is
+    bit-identical to ``forward_serial`` with ``gather``. A layer whose ``strategies`` code is
+    AUTO and whose measured nonzeros make the dense product cheaper (``choose_strategy``; never
+    at batch 1) runs as one BLAS product of the activations the compaction left in place.
+
+    ``stats`` (L + 1, 4) int64 gets (strategy, nnz, |union|, multiply-adds) per layer, as in
+    ``_layer``; ``skip=False`` is the dense-own baseline (every row read). ``strategies``
+    holds AUTO or GATHER codes only (the engine sees to it).
     """
     n_layers = len(wts)
+    batch = x.shape[0]
     width = x.shape[1]
     for layer in range(n_layers):
         width = max(width, wts[layer].shape[1])
-    idx = np.empty(width, np.int64)
-    vals = np.empty(width, np.float32)
-    y = np.empty(width, np.float32)
+    idx = np.empty((batch, width), np.int64)
+    vals = np.empty((batch, width), np.float32)
+    counts = np.empty(batch, np.int64)  # entries of each example's list
+    mark = np.zeros(width, np.bool_)
+    y = np.empty((batch, width), np.float32)
     n_in = x.shape[1]
-    for j in range(n_in):  # the first layer's input x - offset, compacted like any layer's output
-        y[j] = x[0, j] - offset[j]
-    k, nnz = _act_compact(y, n_in, ACT_IDENTITY, taus[0], ms[0], skip, idx, vals)
+    for b in range(batch):  # the first layer's input x - offset, compacted like any layer's output
+        for j in range(n_in):
+            y[b, j] = x[b, j] - offset[j]
+    nnz, n_union = _compact_rows(y, n_in, ACT_IDENTITY, taus[0], ms[0], skip, idx, vals, counts, mark)
     for layer in range(n_layers):
         wt = wts[layer]
         n_out = wt.shape[1]
         bias = biases[layer]
-        for c in range(n_out):
-            y[c] = bias[c]
-        axpy_rows(y, 0, wt.reshape(wt.size), n_out, idx, vals, 0, k, 0, n_out)
-        stats[layer, 0] = GATHER
+        s = strategies[layer]
+        if s == AUTO:
+            s = choose_strategy(batch, n_in, n_out, nnz, n_union, costs)
+        if s == DENSE:
+            a = np.ascontiguousarray(y[:, :n_in])  # phi(h) as the compaction left it, (B, N_in)
+            y[:, :n_out] = np.dot(a, wt)  # BLAS, on this thread (SparseEngine: _blas_on_caller)
+            for b in range(batch):
+                for c in range(n_out):
+                    y[b, c] += bias[c]
+            macs = batch * n_in * n_out
+        else:
+            wf = wt.reshape(wt.size)
+            macs = 0
+            for b in range(batch):
+                for c in range(n_out):
+                    y[b, c] = bias[c]
+                axpy_rows(y[b], 0, wf, n_out, idx[b], vals[b], 0, counts[b], 0, n_out)
+                macs += counts[b] * n_out
+        stats[layer, 0] = s
         stats[layer, 1] = nnz
-        stats[layer, 2] = nnz
-        stats[layer, 3] = k * n_out
-        k, nnz = _act_compact(y, n_out, kinds[layer], taus[layer], ms[layer], skip, idx, vals)
-    out = np.empty((1, wts[n_layers - 1].shape[1]), np.float32)
-    for c in range(out.shape[1]):
-        out[0, c] = y[c]
-    return out
+        stats[layer, 2] = n_union
+        stats[layer, 3] = macs
+        nnz, n_union = _compact_rows(y, n_out, kinds[layer], taus[layer], ms[layer], skip, idx, vals, counts, mark)
+        n_in = n_out
+    return np.ascontiguousarray(y[:, :n_in])
 
 
 # Logits (B, N_out of the last layer) of inputs x (B, N_0), float32, in one call:
