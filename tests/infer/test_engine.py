@@ -332,3 +332,16 @@ def test_a_sparsified_mlp_is_refused_clearly():
         sparsify(model, 0.8, calibration=torch.randn(64, 12, generator=torch.Generator().manual_seed(0)))
     with pytest.raises(ValueError, match="one site per layer"):
         SparseEngine.from_model(model)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch", [3, 32])  # the fused small-batch kernel and the per-layer kernels
+def test_a_nan_input_gives_nan_logits_for_its_example_only(backend, batch):
+    model = eoc_mlp("crelu", sparsity=0.85)
+    x = images(batch, seed=7)
+    x[1, 100] = np.nan
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, backend=backend)
+    out, ref = engine(x), dense_logits(model, x)
+    assert np.isnan(ref[1]).all() and np.isnan(out[1]).all()
+    rest = np.arange(batch) != 1
+    assert np.all(relative_error(out[rest], ref[rest]) <= RTOL)
