@@ -40,7 +40,8 @@ from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENS
                                    UNION, CostModel, choose_strategy, flop_reduction, layer_activations,
                                    strategy_code)
 
-__all__ = ["SparseEngine", "EngineStats", "BACKENDS", "PARALLEL_MIN_MACS", "numba_available", "zero_pixel_offset"]
+__all__ = ["SparseEngine", "EngineStats", "BACKENDS", "PARALLEL_MIN_MACS", "SMALL_PARALLEL_MIN_MACS", "numba_available",
+           "zero_pixel_offset"]
 
 #: What a ``backend=`` argument accepts.
 BACKENDS = ("auto", "numba", "numpy")
@@ -49,6 +50,13 @@ BACKENDS = ("auto", "numba", "numpy")
 #: (2 threads against 1, 2-core CPU: a width-300 network at batch 4 1.08x the time, at batch 8
 #: 0.96x; width 512 at batch 1 1.42x, width 1024 0.89x).
 PARALLEL_MIN_MACS = 1 << 19
+#: A small batch (at most ``SMALL_BATCH`` examples) that the fused one-thread kernel can run stays on
+#: one thread unless each example's mean N_in N_out reaches this: the fused kernel has no per-layer
+#: allocation or choice, which more than pays for the second thread below it (2 threads, 2-core
+#: CPU, s = 0.85: width 300 x 100 at batch 8 2.23 ms per-layer on 2 threads against 1.71 fused on
+#: one; width 1024 at batch 1 0.45 against 0.30, at batch 8 1.12 against 0.87), not above it (width
+#: 4096 at batch 1 2.81 ms against 3.79, at batch 8 10.7 against 17.5).
+SMALL_PARALLEL_MIN_MACS = 1 << 23
 _warned_no_numba = False
 
 
@@ -217,7 +225,8 @@ class SparseEngine:
             ``union`` or ``csr``; or a sequence of L + 1 of these, one per layer.
         threads: CPU threads of the numba kernels, >= 1 (1: the serial kernel; more: column
             tiles across threads, each tile of a ``union`` layer one BLAS product; a call with
-            too little work to share, see :data:`PARALLEL_MIN_MACS`, runs on one thread).
+            too little work to share, see :data:`PARALLEL_MIN_MACS` and
+            :data:`SMALL_PARALLEL_MIN_MACS`, runs on one thread).
             The BLAS library runs on the calling thread during a numba call, whatever its own
             thread count (see :func:`_blas_on_caller`); the NumPy backend uses only the
             BLAS library's threads.
@@ -466,10 +475,13 @@ class SparseEngine:
             self._typed = (wts, biases)
         wts, biases = self._typed
         stats = np.zeros((len(self._wts), 4), dtype=np.int64)
-        threads = self.threads if x.shape[0] * self._layer_macs >= PARALLEL_MIN_MACS else 1
+        small = x.shape[0] <= SMALL_BATCH and self._small_ok
+        enough = self._layer_macs >= SMALL_PARALLEL_MIN_MACS if small else (
+            x.shape[0] * self._layer_macs >= PARALLEL_MIN_MACS)
+        threads = self.threads if enough else 1
         args = (x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
         with _blas_on_caller():  # one thread pool: numba's (see _blas_on_caller)
-            if x.shape[0] <= SMALL_BATCH and threads == 1 and self._small_ok:
+            if small and threads == 1:
                 # A small batch on one thread: the fused gather kernel, gather or dense per layer.
                 logits = k.forward_small(*args, stats)
             elif threads == 1:
