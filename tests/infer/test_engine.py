@@ -12,6 +12,7 @@ from sparse_eoc.activations import ACTIVATIONS, get_activation
 from sparse_eoc.gp import solve_eoc
 from sparse_eoc.infer import STRATEGIES, STRATEGY_CHOICES, SparseEngine, near_kink, numba_available
 from sparse_eoc.infer.plan import GATHER as GATHER_CODE
+from sparse_eoc.infer.plan import SMALL_BATCH, CostModel, choose_strategy
 from sparse_eoc.nn import SparseCNN, SparseMLP
 from sparse_eoc.nn.build import init_from_point_
 
@@ -252,6 +253,74 @@ def test_two_threads_give_the_same_logits(strategy):
         a, b = one(x[:batch]), two(x[:batch])
         np.testing.assert_array_equal(a, b)  # threads split columns: no sum changes its order
         assert one.last_stats == two.last_stats
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("strategy", ["auto", "gather", "dense"])
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_the_fused_small_batch_kernel_equals_the_per_layer_kernels_on_two_threads(monkeypatch, strategy, batch):
+    """Two threads on a small network run the fused kernel on one; forced onto two threads of per-layer
+    kernels (the rule's threshold at 0), the logits and statistics are the same bits."""
+    from sparse_eoc.infer import engine as engine_module
+    from sparse_eoc.infer import kernels
+
+    model = eoc_mlp("cst", width=300, depth=3)
+    x = images(batch, seed=11)
+    two = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=2)
+    ran = []
+    for name in ("forward_small", "forward_parallel"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *args, real=real, name=name: ran.append(name) or real(*args))
+    fused = two(x)
+    fused_stats = two.last_stats
+    monkeypatch.setattr(engine_module, "SMALL_PARALLEL_MIN_MACS", 0)
+    per_layer = two(x)
+    assert ran == ["forward_small", "forward_parallel"]
+    np.testing.assert_array_equal(fused, per_layer)
+    assert fused_stats == two.last_stats
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("skip", [True, False])
+def test_the_fused_kernel_with_a_dense_layer_narrower_than_the_widest_equals_forward_serial(skip):
+    """Widths 784 -> 200 -> 50 -> 300 -> 10 with a zero-free input: the first layer goes dense, the
+    dense branch copies activations narrower than the buffers; bits and statistics as forward_serial's."""
+    from sparse_eoc.infer import kernels
+
+    rng = np.random.default_rng(3)
+    widths = [784, 200, 50, 300, 10]
+    weights = [rng.standard_normal((o, i)).astype(np.float32) / np.sqrt(i) for i, o in zip(widths, widths[1:])]
+    biases = [rng.standard_normal(o).astype(np.float32) * 0.1 for o in widths[1:]]
+    p = solve_eoc("crelu", 0.8, slope=0.7)
+    engine = SparseEngine(weights, biases, "crelu", p.tau, p.m, backend="numba")
+    x = images(5, seed=4)  # no input offset: the first layer's input has no zeros
+    out = engine(x, skip_zeros=skip)
+    s = engine.last_stats
+    assert s.strategies[0] == "dense" and "gather" in s.strategies
+    wts, bs = engine._typed
+    stats = np.zeros((len(weights), 4), np.int64)
+    ref = kernels.forward_serial(x, engine._offset32, wts, bs, engine._kinds, engine._taus, engine._ms,
+                                 engine._codes, skip, engine._costs, 1, engine.tile_bytes, stats)
+    np.testing.assert_array_equal(out, ref)
+    assert (s.strategies, s.nnz, s.union, s.macs) == (tuple(STRATEGIES[c] for c in stats[:, 0]), tuple(stats[:, 1]),
+                                                      tuple(stats[:, 2]), tuple(stats[:, 3]))
+
+
+def test_small_batches_choose_gather_or_dense_only():
+    """Up to SMALL_BATCH examples choose_strategy gives gather or dense (ties to gather); above it csr
+    or union where they are cheaper."""
+    costs = CostModel().as_array()
+    n = 1024
+    for batch in range(2, SMALL_BATCH + 1):
+        for density in (0.01, 0.15, 0.5, 1.0):
+            nnz = int(density * batch * n)
+            for n_union in (max(1, nnz // batch), min(n, nnz)):
+                code = choose_strategy(batch, n, n, nnz, n_union, costs)
+                assert STRATEGIES[code] in ("gather", "dense")
+    assert STRATEGIES[choose_strategy(8, n, n, 0, 0, costs)] == "gather"  # an all-zero input: a tie at 0
+    assert STRATEGIES[choose_strategy(8, n, n, 8 * n, n, costs)] == "dense"
+    big = SMALL_BATCH + 1
+    assert STRATEGIES[choose_strategy(big, n, n, int(0.15 * big * n), int(0.4 * n), costs)] in ("csr", "union")
 
 
 @pytest.mark.parametrize(

@@ -45,17 +45,19 @@ __all__ = ["SparseEngine", "EngineStats", "BACKENDS", "PARALLEL_MIN_MACS", "SMAL
 
 #: What a ``backend=`` argument accepts.
 BACKENDS = ("auto", "numba", "numpy")
-#: A numba call runs on one thread when B x (mean N_in N_out of the layers) is below this: a
-#: layer's threads fork and join in a few microseconds, more than they save on so little work
-#: (2 threads against 1, 2-core CPU: a width-300 network at batch 4 1.08x the time, at batch 8
-#: 0.96x; width 512 at batch 1 1.42x, width 1024 0.89x).
+#: A numba call of more than ``SMALL_BATCH`` examples (or with csr/union forced) runs on one
+#: thread when B x (mean N_in N_out of the layers) is below this: a layer's threads fork and join
+#: in a few microseconds, more than they save on so little work (2 threads against 1, 2-core CPU,
+#: per-layer kernels: a width-300 network at batch 4 1.08x the time, at batch 8 0.96x; width 512
+#: at batch 1 1.42x, width 1024 0.89x).
 PARALLEL_MIN_MACS = 1 << 19
 #: A small batch (at most ``SMALL_BATCH`` examples) that the fused one-thread kernel can run stays on
-#: one thread unless each example's mean N_in N_out reaches this: the fused kernel has no per-layer
-#: allocation or choice, which more than pays for the second thread below it (2 threads, 2-core
-#: CPU, s = 0.85: width 300 x 100 at batch 8 2.23 ms per-layer on 2 threads against 1.71 fused on
-#: one; width 1024 at batch 1 0.45 against 0.30, at batch 8 1.12 against 0.87), not above it (width
-#: 4096 at batch 1 2.81 ms against 3.79, at batch 8 10.7 against 17.5).
+#: it unless B x (mean N_in N_out of the layers) reaches this: the fused kernel has no per-layer
+#: allocation or choice, which more than pays for a second thread below it (2 threads, 2-core CPU,
+#: s = 0.85, per-layer kernels on 2 threads against the fused one on one: width 300 x 100 at batch 8
+#: 2.60 ms against 1.40; width 1024 at batch 1 0.20 against 0.15, at batch 8 1.03 against 1.02),
+#: not above it (width 4096, 13.4M multiply-adds a layer on average: batch 1 2.48 ms against 3.70,
+#: batch 8 10.6 against 16.7).
 SMALL_PARALLEL_MIN_MACS = 1 << 23
 _warned_no_numba = False
 
@@ -294,9 +296,9 @@ class SparseEngine:
             self._biases[i] -= np.float32(self.bias_shift)  # b - tau for a one-sided phi, as SparseMLP folds it
         self.strategy = strategy
         self._codes = self._check_strategy(strategy, n_layers)
-        # A small batch runs as one fused gather kernel under auto or gather (gather or dense per
-        # layer, no per-layer allocation); explicit other strategies keep their kernels.
-        self._small_ok = bool(np.all((self._codes == AUTO) | (self._codes == GATHER)))
+        # A small batch runs as one fused gather kernel under auto, gather or dense (gather or dense
+        # per layer, no per-layer allocation for a gather); explicit csr or union keep their kernels.
+        self._small_ok = bool(np.all((self._codes == AUTO) | (self._codes == GATHER) | (self._codes == DENSE)))
         self.threads = check_int("threads", threads)
         self.tile_bytes = check_int("tile_bytes", tile_bytes, minimum=1024)
         self.cost = CostModel() if cost is None else cost
@@ -476,8 +478,8 @@ class SparseEngine:
         wts, biases = self._typed
         stats = np.zeros((len(self._wts), 4), dtype=np.int64)
         small = x.shape[0] <= SMALL_BATCH and self._small_ok
-        enough = self._layer_macs >= SMALL_PARALLEL_MIN_MACS if small else (
-            x.shape[0] * self._layer_macs >= PARALLEL_MIN_MACS)
+        work = x.shape[0] * self._layer_macs
+        enough = work >= (SMALL_PARALLEL_MIN_MACS if small else PARALLEL_MIN_MACS)
         threads = self.threads if enough else 1
         args = (x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
         with _blas_on_caller():  # one thread pool: numba's (see _blas_on_caller)

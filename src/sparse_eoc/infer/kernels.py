@@ -41,8 +41,9 @@ from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, A
 __all__ = ["forward_small", "forward_serial", "forward_parallel"]
 
 # The cost model and the strategy choice are written once, in plan.py (the NumPy backend calls
-# them there); registered here, numba compiles those same functions into _layer. numba's disk
-# cache checks only this file's timestamp: after editing them in plan.py, touch this file.
+# them there); registered here, numba compiles those same functions into _layer and forward_small,
+# constants included (SMALL_BATCH). numba's disk cache checks only this file's timestamp: after
+# editing any of them in plan.py, touch this file.
 register_jitable(_cost)
 register_jitable(choose_strategy)
 
@@ -261,7 +262,7 @@ def forward_small(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
     A small batch shares too few rows for ``csr`` or ``union`` to pay (``choose_strategy``:
     ``gather`` or ``dense`` up to :data:`sparse_eoc.infer.plan.SMALL_BATCH` examples), so
     nothing but the gather-or-dense choice is made per layer, and nothing is allocated per
-    layer: the activation pass of layer l writes each example's nonzero list (idx, vals) that
+    gathered layer: the activation pass of layer l writes each example's nonzero list (idx, vals) that
     layer l + 1 reads, into buffers allocated once per call. Per layer and example that is one
     pass over the output (bias, phi, compaction) plus one contiguous row of W^T per nonzero
     input, added in the same groups of four as the ``gather`` strategy, so the result is
@@ -271,7 +272,7 @@ def forward_small(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
 
     ``stats`` (L + 1, 4) int64 gets (strategy, nnz, |union|, multiply-adds) per layer, as in
     ``_layer``; ``skip=False`` is the dense-own baseline (every row read). ``strategies``
-    holds AUTO or GATHER codes only (the engine sees to it).
+    holds AUTO, GATHER or DENSE codes only (the engine sees to it).
     """
     n_layers = len(wts)
     batch = x.shape[0]
@@ -302,7 +303,8 @@ def forward_small(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
                 for c in range(n_out):
                     y[b, c] += bias[c]
             macs = batch * n_in * n_out
-        else:
+        else:  # GATHER (what choose_strategy gives a small batch besides DENSE)
+            s = GATHER
             wf = wt.reshape(wt.size)
             macs = 0
             for b in range(batch):

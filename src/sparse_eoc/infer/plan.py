@@ -20,7 +20,8 @@ Strategies (all exact; they differ only in the order of float32 additions):
   union row read from memory once. Best for larger batches.
 
 ``auto`` picks per layer and per call, from the measured nnz and |U|, the strategy with
-the lowest predicted time under :class:`CostModel`; at batch 1 it is always ``gather``.
+the lowest predicted time under :class:`CostModel`; at batch 1 it is always ``gather``, and up
+to :data:`SMALL_BATCH` examples ``gather`` or ``dense`` (see :func:`choose_strategy`).
 
 The activation after each layer is coded as one of ``ACT_ONE_SIDED`` (relu_tau, crelu: the
 threshold folded into the bias, then min(max(v, 0), m)), ``ACT_TWO_SIDED`` (st_tau, cst:
@@ -88,7 +89,10 @@ class CostModel:
         csr    = csr_mac nnz w + mem |U| w
 
     where ``reread = cached`` when the layer's W^T fits in ``cache_bytes`` (a row read
-    again for another example is still in cache) and ``mem`` otherwise.
+    again for another example is still in cache) and ``mem`` otherwise; for a small batch
+    (at most :data:`SMALL_BATCH` examples, where only gather and dense compete) always
+    ``cached``: its examples read their rows one after another, so a shared row was read
+    moments before (for a large layer it comes from L3 rather than L2, still not from memory).
 
     Attributes:
         mem: reading one float32 weight from main memory, > 0.
@@ -155,13 +159,16 @@ def layer_activations(activation: str, tau: float, m: float,
     return kinds, taus, ms, bias_shift
 
 
-def _cost(code, batch, n_in, n_out, nnz, n_union, c):
-    """Predicted time of strategy ``code`` (floats in, float out; the numba kernels compile it as it is)."""
+def _cost(code, batch, n_in, n_out, nnz, n_union, c, rereads_cached=False):
+    """Predicted time of strategy ``code`` (floats in, float out; the numba kernels compile it as it is).
+
+    ``rereads_cached``: a gather's re-read rows cost ``cached`` whatever the layer's size (a small batch).
+    """
     mem, cached, blas, gather, csr, copy, cache_bytes = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
     if code == DENSE:
         return (blas * batch + mem) * n_in * n_out
     if code == GATHER:
-        reread = cached if 4.0 * n_in * n_out <= cache_bytes else mem
+        reread = cached if rereads_cached or 4.0 * n_in * n_out <= cache_bytes else mem
         return (gather * nnz + mem * n_union + reread * (nnz - n_union)) * n_out
     if code == UNION:
         return (copy + mem + blas * batch) * n_union * n_out
@@ -180,11 +187,11 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
     Returns:
         One of DENSE, GATHER, UNION, CSR; ties go to the earlier of gather, csr, union, dense
         (the numba kernels compile this function, so both backends choose alike). Batch 1 is
-        always GATHER: with no batch to share rows across, the numba engine runs the whole
-        network as one gather kernel and chooses nothing per layer (for a fully dense input
+        always GATHER: with no batch to share rows across, every layer is a gather (for a fully dense input
         that is the dense product as row updates). Up to :data:`SMALL_BATCH` examples the
-        choice is GATHER or DENSE only: there the numba engine runs the network as one fused
-        gather kernel, measured faster than the per-layer ``csr`` and ``union`` kernels.
+        choice is GATHER or DENSE only, with re-read rows charged as cached (see
+        :class:`CostModel`): there the numba engine runs the network as one fused gather kernel,
+        measured faster than the per-layer ``csr`` and ``union`` kernels.
     """
     if batch == 1:
         return GATHER
@@ -192,7 +199,7 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
     if batch <= SMALL_BATCH:
         # The examples of a small batch read their rows one after another: a row another
         # example shares was read moments before and comes from cache.
-        gather_cost = (costs[3] * z + costs[0] * u + costs[1] * (z - u)) * o
+        gather_cost = _cost(GATHER, b, i, o, z, u, costs, True)
         return DENSE if _cost(DENSE, b, i, o, z, u, costs) < gather_cost else GATHER
     best = GATHER
     best_cost = _cost(GATHER, b, i, o, z, u, costs)
