@@ -8,7 +8,7 @@ count the nonzero inputs and the union, pick a strategy
 bias and apply the activation in the same pass over the output tile. :func:`forward_small` is the
 small-batch path (batch 1, the latency case, up to ``SMALL_BATCH`` examples on one thread): every
 layer a per-example gather (or, where the measured density says so, a dense product), fused with
-the activation and the compaction of the next layer's nonzeros, with no per-layer allocation.
+the activation and the compaction of the next layer's nonzeros, with no allocation per gathered layer.
 
 The row kernels (weighted sums of W^T rows, prefetching, CSR) are :mod:`sparse_eoc.kernels.rows`,
 shared with sparse training.
@@ -266,9 +266,9 @@ def forward_small(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
     layer l + 1 reads, into buffers allocated once per call. Per layer and example that is one
     pass over the output (bias, phi, compaction) plus one contiguous row of W^T per nonzero
     input, added in the same groups of four as the ``gather`` strategy, so the result is
-    bit-identical to ``forward_serial`` with ``gather``. A layer whose ``strategies`` code is
-    AUTO and whose measured nonzeros make the dense product cheaper (``choose_strategy``; never
-    at batch 1) runs as one BLAS product of the activations the compaction left in place.
+    bit-identical to ``forward_serial`` with ``gather``. A layer coded DENSE, or coded AUTO
+    where its measured nonzeros make the dense product cheaper (``choose_strategy``; never at
+    batch 1), runs as one BLAS product of the activations the compaction left in place.
 
     ``stats`` (L + 1, 4) int64 gets (strategy, nnz, |union|, multiply-adds) per layer, as in
     ``_layer``; ``skip=False`` is the dense-own baseline (every row read). ``strategies``
