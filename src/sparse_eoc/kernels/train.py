@@ -27,8 +27,8 @@ from numba import njit, prange
 
 from sparse_eoc.kernels.rows import PRANGE_ONLY, axpy_rows, csr_rows_tile, split_columns
 
-__all__ = ["IDENTITY", "ONE_SIDED", "TWO_SIDED", "activation_nonzeros", "activation_patterns", "input_patterns", "forward_tile",
-           "grad_weight_tile", "grad_input_tile"]
+__all__ = ["IDENTITY", "ONE_SIDED", "TWO_SIDED", "activation_nonzeros", "activation_patterns", "input_patterns",
+           "forward_tile", "grad_weight_tile", "grad_input_tile"]
 
 _U = np.uint64
 
