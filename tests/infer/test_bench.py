@@ -11,6 +11,7 @@ import pytest
 
 from sparse_eoc.cli import main
 from sparse_eoc.infer import BENCH_KEYS, run_benchmark
+from sparse_eoc.infer.bench import SETTLE_S
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -182,3 +183,20 @@ def test_the_thread_check_times_a_slow_case_again(mnist_subset_dir, monkeypatch)
                                                 sparsities=[0.85])
     assert [r["attempts"] for r in rows] == [2, 1, 1, 1, 1]
     assert all(r["ok"] and r["ratio"] == pytest.approx(0.9) for r in rows)
+
+
+@pytest.mark.parametrize(("threads", "waits"), [(1, False), (2, True), (4, True)])
+def test_each_method_waits_for_the_previous_ones_threads_only_on_more_than_one_thread(threads, waits):
+    """settle: with more than one thread, a busy wait of SETTLE_S before a method's turn (ONNX Runtime's
+    workers spin after a call and would hold a core the next method needs); one thread: no wait."""
+    import time
+
+    from sparse_eoc.infer import bench
+
+    start_cpu, start = time.process_time(), time.perf_counter()
+    bench.settle(threads)
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    if waits:
+        assert wall >= SETTLE_S and cpu >= 0.2 * SETTLE_S  # busy (on the CPU), not asleep
+    else:
+        assert wall < SETTLE_S

@@ -257,15 +257,14 @@ def test_two_threads_give_the_same_logits(strategy):
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
 @pytest.mark.parametrize("strategy", ["auto", "gather", "dense"])
-@pytest.mark.parametrize("batch", [1, 3, 16])
-def test_the_fused_small_batch_kernel_equals_the_per_layer_kernels_on_two_threads(monkeypatch, strategy, batch):
-    """Two threads on a small network run the fused kernel on one; forced onto two threads of per-layer
-    kernels (the rule's threshold at 0), the logits and statistics are the same bits."""
+def test_the_fused_kernel_at_batch_1_equals_the_per_layer_kernels_on_two_threads(monkeypatch, strategy):
+    """Two threads on a small network run batch 1 as the fused kernel on one; forced onto two threads of
+    per-layer kernels (the rule's threshold at 0), the logits and statistics are the same bits."""
     from sparse_eoc.infer import engine as engine_module
     from sparse_eoc.infer import kernels
 
     model = eoc_mlp("cst", width=300, depth=3)
-    x = images(batch, seed=11)
+    x = images(1, seed=11)
     two = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=2)
     ran = []
     for name in ("forward_small", "forward_parallel"):
@@ -278,6 +277,35 @@ def test_the_fused_small_batch_kernel_equals_the_per_layer_kernels_on_two_thread
     assert ran == ["forward_small", "forward_parallel"]
     np.testing.assert_array_equal(fused, per_layer)
     assert fused_stats == two.last_stats
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("activation", ["relu_tau", "st_tau", "crelu", "cst"])
+@pytest.mark.parametrize("strategy", ["auto", "gather"])
+@pytest.mark.parametrize(("batch", "threads"), [(2, 2), (3, 2), (16, 2), (2, 3), (7, 3)])
+def test_a_small_batch_split_across_threads_equals_one_thread_bit_for_bit(monkeypatch, activation, strategy, batch,
+                                                                         threads):
+    """On more than one thread a small batch runs as up to ``threads`` parts of consecutive examples,
+    each the fused kernel: the same logits, strategies, nonzeros and multiply-adds as on one thread
+    (every layer gathers, so each example is computed on its own); the union is the largest part's."""
+    from sparse_eoc.infer import kernels
+
+    model = eoc_mlp(activation, width=300, depth=3, sparsity=0.8)
+    x = images(batch, seed=12)
+    one = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=1)
+    many = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=threads)
+    expected = one(x)
+    parts = []
+    real = kernels.forward_small
+    monkeypatch.setattr(kernels, "forward_small", lambda x, *args: parts.append(len(x)) or real(x, *args))
+    got = many(x)
+    assert sorted(parts) == sorted(len(p) for p in np.array_split(np.arange(batch), min(threads, batch)))
+    np.testing.assert_array_equal(got, expected)
+    a, b = one.last_stats, many.last_stats
+    assert set(a.strategies) <= {"gather", "dense"}
+    assert (a.strategies, a.nnz, a.macs) == (b.strategies, b.nnz, b.macs)
+    n_parts = min(threads, batch)
+    assert all(u1 / n_parts <= u2 <= u1 for u1, u2 in zip(a.union, b.union))  # max part <= union <= sum
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")

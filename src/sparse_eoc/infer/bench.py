@@ -16,7 +16,9 @@ protocols:
   every weight from the caches (twice this CPU's 32 MiB L3): the latency of a model whose
   weights come from main memory, e.g. one that shares the machine with others.
 
-Every method gets the same treatment.
+Every method gets the same treatment. With more than one thread, each method's turn (its warm
+call or the flush, then the timed call) starts after a busy wait of :data:`SETTLE_S`, so that the
+previous method's thread pool has stopped spinning (:func:`settle`).
 
 The methods:
 
@@ -61,9 +63,9 @@ import numpy as np
 from sparse_eoc.infer.plan import flop_reduction
 
 __all__ = ["BASELINES", "BASELINE_KEYS", "BENCH_KEYS", "CACHE_PROTOCOLS", "DEFAULT_BATCHES", "DEFAULT_SPARSITIES",
-           "DEFAULT_WIDTHS", "LOGIT_RTOL", "THREAD_CHECK_ATTEMPTS", "THREAD_CHECK_LIMIT", "check_baselines", "check_memory", "check_output_file",
-           "check_threads", "default_baselines", "default_depth", "format_row", "format_thread_row", "memory_needed",
-           "run_benchmark"]
+           "DEFAULT_WIDTHS", "LOGIT_RTOL", "SETTLE_S", "THREAD_CHECK_ATTEMPTS", "THREAD_CHECK_LIMIT", "check_baselines",
+           "check_memory", "check_output_file", "check_threads", "default_baselines", "default_depth", "format_row",
+           "format_thread_row", "memory_needed", "run_benchmark", "settle"]
 
 DEFAULT_WIDTHS = (300, 1024, 4096)
 DEFAULT_BATCHES = (1, 8, 64)
@@ -80,12 +82,29 @@ BASELINE_KEYS = {"torch": ("dense_torch_ms", "speedup_vs_torch"), "ort": ("dense
 #: largest |logit| of the torch model's: float32 sums in other orders differ by ~1e-6 of it
 #: (sparse_eoc.infer.verify), so only a wrong result comes near.
 LOGIT_RTOL = 1e-3
+#: Time the calling thread busy-waits before each method's turn when timing on more than one
+#: thread. ONNX Runtime's intra-op workers keep spinning about 40 ms after a call returns (its
+#: default, kept: its own timed call follows its warm call while they spin), and a spinning
+#: worker holds one of the cores the next method's threads need: the engine timed just after ONNX
+#: Runtime (2 threads, 2-core CPU) took 9.3 ms against 5.0 ms with this wait at 1024 x 8, batch 64,
+#: and 2.1 against 1.1 ms at 300 x 100, batch 8 (50 ms was not always enough). The wait is busy,
+#: not a sleep: after 100 ms asleep every method ran up to 2x slower for several calls (this
+#: virtual machine's cores are slow to wake). torch's and the engine's pools go idle within 10 ms.
+SETTLE_S = 0.1
 #: check_threads fails when T threads take more than this many times one thread's time in each
 #: of THREAD_CHECK_ATTEMPTS timings: a machine shared with others (or a virtual one whose host
 #: is busy) can slow the threads of one timing now and then; a real regression fails every time.
 THREAD_CHECK_LIMIT = 1.5
 THREAD_CHECK_ATTEMPTS = 3
 
+
+
+def settle(threads: int) -> None:
+    """Busy-wait :data:`SETTLE_S` when ``threads`` > 1 (one thread: no pool to spin, no wait)."""
+    if threads > 1:
+        end = time.perf_counter() + SETTLE_S
+        while time.perf_counter() < end:
+            pass
 
 
 def benchmark_inputs(data_dir, *, images: bool = False):
@@ -331,7 +350,7 @@ def run_benchmark(
                     k for name in baselines if name != "torch" for k in BASELINE_KEYS[name]]
                 for batch in batches:
                     row = _time_one(model, engine, x_all, batch, repeats, n_images, warm=cache == "warm",
-                                    ort_model=ort_model, torch_baseline="torch" in baselines)
+                                    ort_model=ort_model, torch_baseline="torch" in baselines, threads=threads)
                     row = {"width": width, "depth": layers, "batch": batch, "sparsity": s, **row,
                            "ideal": 1.0 / (1.0 - s), "threads": threads, "backend": engine.backend,
                            "cache": cache}
@@ -356,7 +375,7 @@ def _check_logits(name: str, out, ref: np.ndarray) -> None:
 
 
 def _time_one(model, engine, x_all: np.ndarray, batch: int, repeats: int, n_images: int, *,
-              warm: bool = False, ort_model=None, torch_baseline: bool = True) -> dict[str, Any]:
+              warm: bool = False, ort_model=None, torch_baseline: bool = True, threads: int = 1) -> dict[str, Any]:
     """Interleaved timings of one (network, batch): medians in ms and the sparse run's statistics."""
     import torch
 
@@ -388,6 +407,7 @@ def _time_one(model, engine, x_all: np.ndarray, batch: int, repeats: int, n_imag
             shift = r % len(names)
             order = names[shift:] + names[:shift]
             for name in order:
+                settle(threads)
                 if warm:
                     runs[name](x_prev, xt_prev)
                 else:

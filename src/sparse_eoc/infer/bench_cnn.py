@@ -6,7 +6,9 @@ global average pooling and a linear readout, fed real MNIST test images (B, 1, 2
 ways to get the logits of the same batch are timed in one process, interleaved (their order
 rotates each repeat, and every repeat takes the next B test images), with the warm protocol of
 :mod:`sparse_eoc.infer.bench`: each timed call follows one untimed call of the same method on the
-previous repeat's images; the median of ``repeats`` is reported.
+previous repeat's images, and on more than one thread each method's turn starts after the busy
+wait :data:`sparse_eoc.infer.bench.SETTLE_S` (:func:`~sparse_eoc.infer.bench.settle`); the median
+of ``repeats`` is reported.
 
 The methods:
 
@@ -37,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from sparse_eoc.infer.bench import settle
 from sparse_eoc.infer.plan import flop_reduction
 
 __all__ = ["CNN_BENCH_KEYS", "DEFAULT_CHANNELS", "DEFAULT_CNN_BATCHES", "DEFAULT_CNN_DEPTH", "cnn_memory_needed",
@@ -188,7 +191,7 @@ def run_cnn_benchmark(
                                                     backend=backend)
                 session = None if ort_model is None else ort_model(model, torch.from_numpy(images[:1]), threads)
                 for batch in batches:
-                    row = _time_one(model, engine, session, images, batch, repeats)
+                    row = _time_one(model, engine, session, images, batch, repeats, threads)
                     row = {"channels": c, "depth": depth, "batch": batch, "sparsity": s, **row, "threads": threads,
                            "backend": engine.backend, "ort_version": ort_version, "ort_note": ort_note}
                     rows.append({k: row[k] for k in (*CNN_BENCH_KEYS, *_EXTRA_KEYS)})
@@ -201,7 +204,7 @@ def run_cnn_benchmark(
     return rows
 
 
-def _time_one(model, engine, ort, images: np.ndarray, batch: int, repeats: int) -> dict[str, Any]:
+def _time_one(model, engine, ort, images: np.ndarray, batch: int, repeats: int, threads: int = 1) -> dict[str, Any]:
     """Interleaved warm timings of one (network, batch): medians in ms and the sparse run's statistics."""
     import torch
 
@@ -228,6 +231,7 @@ def _time_one(model, engine, ort, images: np.ndarray, batch: int, repeats: int) 
             order = names[r % len(names):] + names[:r % len(names)]
             out = {}
             for name in order:
+                settle(threads)
                 runs[name](x_prev, xt_prev)  # warm: the same method just ran, on other images
                 start = time.perf_counter()
                 out[name] = runs[name](x, xt)

@@ -23,10 +23,12 @@ run the same strategies and report the same statistics.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,13 +53,12 @@ BACKENDS = ("auto", "numba", "numpy")
 #: per-layer kernels: a width-300 network at batch 4 1.08x the time, at batch 8 0.96x; width 512
 #: at batch 1 1.42x, width 1024 0.89x).
 PARALLEL_MIN_MACS = 1 << 19
-#: A small batch (at most ``SMALL_BATCH`` examples) that the fused one-thread kernel can run stays on
-#: it unless B x (mean N_in N_out of the layers) reaches this: the fused kernel has no per-layer
-#: allocation or choice, which more than pays for a second thread below it (2 threads, 2-core CPU,
-#: s = 0.85, per-layer kernels on 2 threads against the fused one on one: width 300 x 100 at batch 8
-#: 2.60 ms against 1.40; width 1024 at batch 1 0.20 against 0.15, at batch 8 1.03 against 1.02),
-#: not above it (width 4096, 13.4M multiply-adds a layer on average: batch 1 2.48 ms against 3.70,
-#: batch 8 10.6 against 16.7).
+#: A batch of one that the fused one-thread kernel can run stays on it unless N_in N_out, averaged
+#: over the layers, reaches this: the fused kernel has no per-layer allocation or choice, which more
+#: than pays for a second thread below it (2 threads, 2-core CPU, s = 0.85, per-layer kernels on 2
+#: threads against the fused one on one: width 1024 0.20 ms against 0.15), not above it (width 4096,
+#: 13.4M multiply-adds a layer: 2.48 ms against 3.70). A small batch of 2 or more examples on
+#: more than one thread is split across the threads instead (see ``threads`` of SparseEngine).
 SMALL_PARALLEL_MIN_MACS = 1 << 23
 _warned_no_numba = False
 
@@ -107,6 +108,20 @@ def _blas_on_caller():
         for lib, n in zip(_blas_libs, previous):
             if n != 1:
                 lib.set_num_threads(n)
+
+
+_pool: ThreadPoolExecutor | None = None  # the split small batches' helper threads, shared by all engines
+
+
+def _split_pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of at least ``workers`` threads for :meth:`SparseEngine._forward_split` (grown,
+    never shrunk: idle threads block on a queue, they do not spin)."""
+    global _pool
+    if _pool is None or _pool._max_workers < workers:
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sparse-eoc-split")
+    return _pool
 
 
 def numba_available() -> bool:
@@ -164,7 +179,9 @@ class EngineStats:
         n_in, n_out: each layer's N_in and N_out.
         strategies: the strategy each layer ran (``auto`` resolved).
         nnz: nonzero inputs of each layer, summed over the batch (layer 1: of x - offset).
-        union: input units nonzero for at least one example of the batch.
+        union: input units nonzero for at least one example of the batch (of a call split
+            across threads, see ``threads`` of :class:`SparseEngine`: the largest part's union,
+            a lower bound).
         macs: multiply-adds done.
         skip_zeros: False for the dense-own baseline (zeros multiplied, not skipped).
     """
@@ -228,7 +245,16 @@ class SparseEngine:
         threads: CPU threads of the numba kernels, >= 1 (1: the serial kernel; more: column
             tiles across threads, each tile of a ``union`` layer one BLAS product; a call with
             too little work to share, see :data:`PARALLEL_MIN_MACS` and
-            :data:`SMALL_PARALLEL_MIN_MACS`, runs on one thread).
+            :data:`SMALL_PARALLEL_MIN_MACS`, runs on one thread). A small batch (2 to
+            ``SMALL_BATCH`` examples, the fused kernel's) is instead split into up to ``threads``
+            parts of consecutive examples, each part the fused kernel on its own thread through the
+            whole network, with no barrier per layer (2 threads, 2-core CPU, s = 0.85, batch 8:
+            width 300 x 100 1.01 ms against 1.27 on one thread and 1.34 as column tiles; width 1024
+            x 8 0.52 against 0.71 and 0.71; width 4096 x 8 9.6 against 17.2 and 10.7). The logits
+            are the same bits as on one thread wherever each part chooses its layers' strategies
+            as the whole batch does (a ``gather`` layer computes each example on its own, so always
+            for ``strategy="gather"``); a ``dense`` choice that only part of the batch makes
+            changes the order of that layer's additions (float32 round-off).
             The BLAS library runs on the calling thread during a numba call, whatever its own
             thread count (see :func:`_blas_on_caller`); the NumPy backend uses only the
             BLAS library's threads.
@@ -477,8 +503,11 @@ class SparseEngine:
             self._typed = (wts, biases)
         wts, biases = self._typed
         stats = np.zeros((len(self._wts), 4), dtype=np.int64)
-        small = x.shape[0] <= SMALL_BATCH and self._small_ok
-        work = x.shape[0] * self._layer_macs
+        batch = x.shape[0]
+        small = batch <= SMALL_BATCH and self._small_ok
+        if small and batch > 1 and self.threads > 1:
+            return self._forward_split(x, skip, wts, biases)
+        work = batch * self._layer_macs
         enough = work >= (SMALL_PARALLEL_MIN_MACS if small else PARALLEL_MIN_MACS)
         threads = self.threads if enough else 1
         args = (x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
@@ -498,6 +527,28 @@ class SparseEngine:
                 finally:
                     numba.set_num_threads(previous)
         return logits, stats
+
+    def _forward_split(self, x: np.ndarray, skip: bool, wts, biases) -> tuple[np.ndarray, np.ndarray]:
+        """A small batch split into up to ``threads`` parts of consecutive examples, each part the
+        fused kernel (compiled ``nogil``) on its own thread: the calling thread runs the first part,
+        a pool of ``threads - 1`` Python threads the others. Statistics: strategies of the first
+        part, nnz and multiply-adds summed, union the parts' largest."""
+        k = self._kernels
+        bounds = np.linspace(0, x.shape[0], min(self.threads, x.shape[0]) + 1).round().astype(int)
+        parts = [x[p0:p1] for p0, p1 in itertools.pairwise(bounds)]  # contiguous row slices
+        stats = [np.zeros((len(self._wts), 4), dtype=np.int64) for _ in parts]
+        common = (self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
+        with _blas_on_caller():  # each part's BLAS products (dense layers) on its own thread
+            futures = [_split_pool(len(parts) - 1).submit(k.forward_small, part, *common, st)
+                       for part, st in zip(parts[1:], stats[1:])]
+            logits = [k.forward_small(parts[0], *common, stats[0])]
+            logits += [f.result() for f in futures]
+        total = stats[0].copy()
+        for st in stats[1:]:
+            total[:, 1] += st[:, 1]
+            total[:, 2] = np.maximum(total[:, 2], st[:, 2])
+            total[:, 3] += st[:, 3]
+        return np.concatenate(logits), total
 
     def _forward_numpy(self, x: np.ndarray, skip: bool) -> tuple[np.ndarray, np.ndarray]:
         """The reference path: one NumPy/SciPy product per layer, same strategies and statistics."""

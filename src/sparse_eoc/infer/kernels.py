@@ -23,7 +23,9 @@ disk) and parallel, its prange loops only (used by :func:`forward_parallel`: out
 tiles across threads; compiled on first use). Additions are never reordered
 across rows beyond the fixed groups of four (:mod:`sparse_eoc.kernels.rows`), and a union
 layer's BLAS products are cut into the same column tiles on any number of threads
-(:func:`union_tiles`), so results are deterministic, and the same on any number of threads.
+(:func:`union_tiles`), so results are deterministic, and the same on any number of threads
+(a small batch split across threads, ``SparseEngine``'s ``threads``: the same wherever its
+parts choose each layer's strategy as the whole batch does).
 The BLAS library must run single-threaded during a call (the engine sees to it:
 ``sparse_eoc.infer.engine._blas_on_caller``), so that numba's threads are the only ones.
 """
@@ -255,7 +257,7 @@ def _compact_rows(y, n_out, kind, tau, m, skip, idx, vals, counts, mark):
     return nnz, n_union
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def forward_small(x, offset, wts, biases, kinds, taus, ms, strategies, skip, costs, stats):
     """Logits (B, N_L+1) of a small batch x (B, N_0): every layer a per-example gather, fused, one thread.
 
@@ -272,7 +274,8 @@ def forward_small(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
 
     ``stats`` (L + 1, 4) int64 gets (strategy, nnz, |union|, multiply-adds) per layer, as in
     ``_layer``; ``skip=False`` is the dense-own baseline (every row read). ``strategies``
-    holds AUTO, GATHER or DENSE codes only (the engine sees to it).
+    holds AUTO, GATHER or DENSE codes only (the engine sees to it). Compiled ``nogil``: the
+    engine runs the parts of a split batch on several Python threads at once.
     """
     n_layers = len(wts)
     batch = x.shape[0]

@@ -104,9 +104,9 @@ class OrtModel:
     optimisations. With ``threads > 1`` its idle threads spin-wait between calls as by
     default (``session.intra_op.allow_spinning``), as a user would run it and as torch's
     and numba's OpenMP threads do too: turned off, ORT took 1.5-1.8x its time at batch 1
-    (depth-100, width-300 MLP, 2 threads, 2-core CPU). In the benchmarks an untimed call of
-    the same method (or the cache flush) comes between another method's call and a timed
-    one, which takes up most of the others' spinning.
+    (depth-100, width-300 MLP, 2 threads, 2-core CPU). They spin about 40 ms after a call:
+    the benchmarks wait that out before the next method's turn
+    (:func:`sparse_eoc.infer.bench.settle`).
 
     Args:
         model: a torch ``nn.Module`` in eval mode, on the CPU (e.g. a ``SparseMLP`` or

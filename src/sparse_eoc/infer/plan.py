@@ -51,7 +51,8 @@ STRATEGIES = ("dense", "gather", "union", "csr")
 DENSE, GATHER, UNION, CSR = range(len(STRATEGIES))
 AUTO = -1
 #: The largest batch that :func:`choose_strategy` gives ``gather`` or ``dense`` only, and that the numba
-#: engine runs on one thread as one fused gather kernel (:func:`sparse_eoc.infer.kernels.forward_small`):
+#: engine runs as one fused gather kernel (:func:`sparse_eoc.infer.kernels.forward_small`; on one thread,
+#: or with more threads split into parts of consecutive examples, one per thread):
 #: per-example gathers with no per-layer allocation measured faster than the blocked ``csr`` and
 #: ``union`` kernels at batches 4, 8 and 16 (widths 300 x 100 and 1024 x 8, s = 0.85: 8-25 %),
 #: slower at 64 (width 300: ``union`` 6.6 ms against 8.6).
