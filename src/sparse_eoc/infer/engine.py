@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -111,17 +112,21 @@ def _blas_on_caller():
 
 
 _pool: ThreadPoolExecutor | None = None  # the split small batches' helper threads, shared by all engines
+_pool_workers = 0
+_pool_lock = threading.Lock()
 
 
 def _split_pool(workers: int) -> ThreadPoolExecutor:
     """A thread pool of at least ``workers`` threads for :meth:`SparseEngine._forward_split` (grown,
     never shrunk: idle threads block on a queue, they do not spin)."""
-    global _pool
-    if _pool is None or _pool._max_workers < workers:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sparse-eoc-split")
-    return _pool
+    global _pool, _pool_workers
+    with _pool_lock:
+        if _pool is None or _pool_workers < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # its threads finish what they hold, then exit
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sparse-eoc-split")
+            _pool_workers = workers
+        return _pool
 
 
 def numba_available() -> bool:
@@ -538,9 +543,9 @@ class SparseEngine:
         parts = [x[p0:p1] for p0, p1 in itertools.pairwise(bounds)]  # contiguous row slices
         stats = [np.zeros((len(self._wts), 4), dtype=np.int64) for _ in parts]
         common = (self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
+        pool = _split_pool(len(parts) - 1)
         with _blas_on_caller():  # each part's BLAS products (dense layers) on its own thread
-            futures = [_split_pool(len(parts) - 1).submit(k.forward_small, part, *common, st)
-                       for part, st in zip(parts[1:], stats[1:])]
+            futures = [pool.submit(k.forward_small, part, *common, st) for part, st in zip(parts[1:], stats[1:])]
             logits = [k.forward_small(parts[0], *common, stats[0])]
             logits += [f.result() for f in futures]
         total = stats[0].copy()
