@@ -507,11 +507,11 @@ class SparseEngine:
                 biases.append(b)
             self._typed = (wts, biases)
         wts, biases = self._typed
-        stats = np.zeros((len(self._wts), 4), dtype=np.int64)
         batch = x.shape[0]
         small = batch <= SMALL_BATCH and self._small_ok
         if small and batch > 1 and self.threads > 1:
             return self._forward_split(x, skip, wts, biases)
+        stats = np.zeros((len(self._wts), 4), dtype=np.int64)
         work = batch * self._layer_macs
         enough = work >= (SMALL_PARALLEL_MIN_MACS if small else PARALLEL_MIN_MACS)
         threads = self.threads if enough else 1
@@ -536,7 +536,7 @@ class SparseEngine:
     def _forward_split(self, x: np.ndarray, skip: bool, wts, biases) -> tuple[np.ndarray, np.ndarray]:
         """A small batch split into up to ``threads`` parts of consecutive examples, each part the
         fused kernel (compiled ``nogil``) on its own thread: the calling thread runs the first part,
-        a pool of ``threads - 1`` Python threads the others. Statistics: strategies of the first
+        the shared helper pool (:func:`_split_pool`) the others. Statistics: strategies of the first
         part, nnz and multiply-adds summed, union the parts' largest."""
         k = self._kernels
         bounds = np.linspace(0, x.shape[0], min(self.threads, x.shape[0]) + 1).round().astype(int)
