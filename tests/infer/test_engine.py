@@ -12,6 +12,7 @@ from sparse_eoc.activations import ACTIVATIONS, get_activation
 from sparse_eoc.gp import solve_eoc
 from sparse_eoc.infer import STRATEGIES, STRATEGY_CHOICES, SparseEngine, near_kink, numba_available
 from sparse_eoc.infer.plan import GATHER as GATHER_CODE
+from sparse_eoc.infer.engine import _blas_on_caller
 from sparse_eoc.infer.plan import SMALL_BATCH, CostModel, choose_strategy
 from sparse_eoc.nn import SparseCNN, SparseMLP
 from sparse_eoc.nn.build import init_from_point_
@@ -178,7 +179,7 @@ def test_the_small_batch_kernel_equals_the_per_layer_gather_kernel_bit_for_bit(a
     model = eoc_mlp(activation, sparsity=0.8)
     engine = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy="gather", backend="numba")
     x = images(batch, seed=5)
-    small = engine(x, skip_zeros=skip)  # a small batch on one thread: forward_small
+    small = engine(x, skip_zeros=skip)  # a small batch on one thread: forward_fused
     wts, biases = engine._typed
     n = model.depth + 1
     stats = np.zeros((n, 4), np.int64)
@@ -189,6 +190,36 @@ def test_the_small_batch_kernel_equals_the_per_layer_gather_kernel_bit_for_bit(a
     s = engine.last_stats
     assert (s.strategies, s.nnz, s.union, s.macs) == (("gather",) * n, tuple(stats[:, 1]), tuple(stats[:, 2]),
                                                       tuple(stats[:, 3]))
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("activation", ["relu_tau", "st_tau", "crelu", "cst"])
+@pytest.mark.parametrize("strategy", ["auto", "csr", "union", "dense", ["csr", "union", "gather", "dense"]])
+@pytest.mark.parametrize("batch", [1, 3, 8, 64])
+@pytest.mark.parametrize("skip", [True, False])
+def test_the_fused_kernel_equals_the_per_layer_kernels_bit_for_bit(activation, strategy, batch, skip):
+    """One thread runs every batch as the fused kernel (nonzero lists written by the activation pass,
+    two buffers per call); its logits and statistics are forward_serial's, strategy by strategy, also
+    where a listed layer follows an unlisted one (the mixed list) and for the dense-own baseline."""
+    from sparse_eoc.infer import kernels
+
+    model = eoc_mlp(activation, width=300, depth=3, sparsity=0.8)
+    # 1 KiB tiles: csr runs several column tiles and row blocks
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, backend="numba",
+                                     tile_bytes=1024)
+    x = images(batch, seed=21)
+    fused = engine(x, skip_zeros=skip)
+    wts, biases = engine._typed
+    n = model.depth + 1
+    stats = np.zeros((n, 4), np.int64)
+    with _blas_on_caller():  # BLAS on one thread, as during the engine's call (its splits set the sums' order)
+        ref = kernels.forward_serial(x, engine._offset32, wts, biases, engine._kinds, engine._taus, engine._ms,
+                                     engine._codes, skip, engine._costs, 1, engine.tile_bytes, stats)
+    np.testing.assert_array_equal(fused, ref)
+    s = engine.last_stats
+    assert (s.strategies, s.nnz, s.union, s.macs) == (tuple(STRATEGIES[c] for c in stats[:, 0]), tuple(stats[:, 1]),
+                                                      tuple(stats[:, 2]), tuple(stats[:, 3]))
+    assert np.all(relative_error(fused, dense_logits(model, x)) <= RTOL)
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
@@ -251,13 +282,20 @@ def test_two_threads_give_the_same_logits(strategy):
     two = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=2)
     for batch in (1, 16):
         a, b = one(x[:batch]), two(x[:batch])
-        np.testing.assert_array_equal(a, b)  # threads split columns or examples: no sum changes its order
         s1, s2 = one.last_stats, two.last_stats
-        if batch > 1 and strategy in ("auto", "gather", "dense"):  # a small batch split in two parts
-            assert (s1.strategies, s1.nnz, s1.macs) == (s2.strategies, s2.nnz, s2.macs)
-            assert all(u1 / 2 <= u2 <= u1 for u1, u2 in zip(s1.union, s2.union))  # the larger part's union
-        else:
+        if batch == 1:  # column tiles or one thread: no sum changes its order
+            np.testing.assert_array_equal(a, b)
             assert s1 == s2
+            continue
+        # The batch split in two parts of 8: a union layer's BLAS product runs over each part's union
+        # (its own sums); every other strategy adds each example's rows as one thread does.
+        if strategy == "union":
+            assert np.all(relative_error(b, a) <= RTOL)
+        else:
+            np.testing.assert_array_equal(a, b)
+            assert s1.macs == s2.macs
+        assert (s1.strategies, s1.nnz) == (s2.strategies, s2.nnz)
+        assert all(u1 / 2 <= u2 <= u1 for u1, u2 in zip(s1.union, s2.union))  # the larger part's union
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
@@ -272,14 +310,14 @@ def test_the_fused_kernel_at_batch_1_equals_the_per_layer_kernels_on_two_threads
     x = images(1, seed=11)
     two = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=2)
     ran = []
-    for name in ("forward_small", "forward_parallel"):
+    for name in ("forward_fused", "forward_parallel"):
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *args, real=real, name=name: ran.append(name) or real(*args))
     fused = two(x)
     fused_stats = two.last_stats
     monkeypatch.setattr(engine_module, "SMALL_PARALLEL_MIN_MACS", 0)
     per_layer = two(x)
-    assert ran == ["forward_small", "forward_parallel"]
+    assert ran == ["forward_fused", "forward_parallel"]
     np.testing.assert_array_equal(fused, per_layer)
     assert fused_stats == two.last_stats
 
@@ -301,8 +339,8 @@ def test_a_small_batch_split_across_threads_equals_one_thread_bit_for_bit(monkey
     many = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=threads)
     expected = one(x)
     parts = []
-    real = kernels.forward_small
-    monkeypatch.setattr(kernels, "forward_small", lambda x, *args: parts.append(len(x)) or real(x, *args))
+    real = kernels.forward_fused
+    monkeypatch.setattr(kernels, "forward_fused", lambda x, *args: parts.append(len(x)) or real(x, *args))
     got = many(x)
     assert sorted(parts) == sorted(len(p) for p in np.array_split(np.arange(batch), min(threads, batch)))
     np.testing.assert_array_equal(got, expected)
@@ -311,6 +349,38 @@ def test_a_small_batch_split_across_threads_equals_one_thread_bit_for_bit(monkey
     assert (a.strategies, a.nnz, a.macs) == (b.strategies, b.nnz, b.macs)
     n_parts = min(threads, batch)
     assert all(u1 / n_parts <= u2 <= u1 for u1, u2 in zip(a.union, b.union))  # max part <= union <= sum
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("activation", ["relu_tau", "cst"])
+@pytest.mark.parametrize("strategy", ["auto", "gather", "csr", "union"])
+@pytest.mark.parametrize(("batch", "threads"), [(64, 2), (33, 3)])
+def test_a_large_batch_split_across_threads_equals_one_thread(monkeypatch, activation, strategy, batch, threads):
+    """A batch above SMALL_BATCH with enough work is split too: gather and csr give one thread's bits
+    (each example's rows added in the same groups), union and auto (which may choose union) agree to
+    round-off; nonzeros are one thread's and the union the largest part's."""
+    from sparse_eoc.infer import engine as engine_module
+    from sparse_eoc.infer import kernels
+
+    model = eoc_mlp(activation, width=300, depth=3, sparsity=0.8)
+    x = images(batch, seed=13)
+    one = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=1)
+    many = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=threads)
+    expected = one(x)
+    assert batch * many._layer_macs >= engine_module.PARALLEL_MIN_MACS  # enough work to split
+    parts = []
+    real = kernels.forward_fused
+    monkeypatch.setattr(kernels, "forward_fused", lambda x, *args: parts.append(len(x)) or real(x, *args))
+    got = many(x)
+    assert sorted(parts) == sorted(len(p) for p in np.array_split(np.arange(batch), threads))
+    if strategy in ("gather", "csr"):
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert np.all(relative_error(got, expected) <= RTOL)
+    assert np.all(relative_error(got, dense_logits(model, x)) <= RTOL)
+    a, b = one.last_stats, many.last_stats
+    assert a.nnz == b.nnz
+    assert all(u1 / threads <= u2 <= u1 for u1, u2 in zip(a.union, b.union))
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")

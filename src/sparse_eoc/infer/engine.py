@@ -48,18 +48,17 @@ __all__ = ["SparseEngine", "EngineStats", "BACKENDS", "PARALLEL_MIN_MACS", "SMAL
 
 #: What a ``backend=`` argument accepts.
 BACKENDS = ("auto", "numba", "numpy")
-#: A numba call of more than ``SMALL_BATCH`` examples (or with csr/union forced) runs on one
-#: thread when B x (mean N_in N_out of the layers) is below this: a layer's threads fork and join
-#: in a few microseconds, more than they save on so little work (2 threads against 1, 2-core CPU,
-#: per-layer kernels: a width-300 network at batch 4 1.08x the time, at batch 8 0.96x; width 512
-#: at batch 1 1.42x, width 1024 0.89x).
+#: A numba call of more than ``SMALL_BATCH`` examples runs on one thread when B x (mean N_in N_out
+#: of the layers) is below this, and is split across the threads otherwise (see ``threads`` of
+#: SparseEngine): handing a part to another thread costs tens of microseconds, more than it
+#: saves on so little work.
 PARALLEL_MIN_MACS = 1 << 19
 #: A batch of one that the fused one-thread kernel can run stays on it unless N_in N_out, averaged
 #: over the layers, reaches this: the fused kernel has no per-layer allocation or choice, which more
 #: than pays for a second thread below it (2 threads, 2-core CPU, s = 0.85, per-layer kernels on 2
 #: threads against the fused one on one: width 1024 0.20 ms against 0.15), not above it (width 4096,
-#: 13.4M multiply-adds a layer: 2.48 ms against 3.70). A small batch of 2 or more examples on
-#: more than one thread is split across the threads instead (see ``threads`` of SparseEngine).
+#: 13.4M multiply-adds a layer: 2.48 ms against 3.70). A batch of 2 or more examples on more than
+#: one thread is split across the threads instead (see ``threads`` of SparseEngine).
 SMALL_PARALLEL_MIN_MACS = 1 << 23
 _warned_no_numba = False
 
@@ -243,31 +242,37 @@ class SparseEngine:
         input_offset: None, a float, or (N_0,) floats c: the first layer computes
             (x - c) W^T + (b + c W^T), exact zeros wherever x equals c (see the module docstring).
         strategy: ``auto`` (per layer and call, from the measured sparsity, see
-            :mod:`sparse_eoc.infer.plan`; ``gather`` at batch 1, ``gather`` or ``dense`` up to
-            ``SMALL_BATCH`` = 16 examples, where with numba and one thread the whole network
-            runs as one fused gather kernel), ``dense``, ``gather``,
-            ``union`` or ``csr``; or a sequence of L + 1 of these, one per layer.
-        threads: CPU threads of the numba kernels, >= 1 (1: the serial kernel; more: column
-            tiles across threads, each tile of a ``union`` layer one BLAS product; a call with
-            too little work to share, see :data:`PARALLEL_MIN_MACS` and
-            :data:`SMALL_PARALLEL_MIN_MACS`, runs on one thread). A small batch (2 to
-            ``SMALL_BATCH`` examples, the fused kernel's) is instead split into up to ``threads``
-            parts of consecutive examples, each part the fused kernel on its own thread through the
-            whole network, with no barrier per layer (2 threads, 2-core CPU, s = 0.85, batch 8:
-            width 300 x 100 1.01 ms against 1.27 on one thread and 1.34 as column tiles; width 1024
-            x 8 0.52 against 0.71 and 0.71; width 4096 x 8 9.6 against 17.2 and 10.7). The logits
-            are the same bits as on one thread wherever each part chooses its layers' strategies
-            as the whole batch does (a ``gather`` layer computes each example on its own, so always
-            for ``strategy="gather"``); a ``dense`` choice that only part of the batch makes
-            changes the order of that layer's additions (float32 round-off).
+            :mod:`sparse_eoc.infer.plan`; ``gather`` at batch 1, ``gather`` (``csr`` for a layer
+            larger than the last-level cache) or ``dense`` up to ``SMALL_BATCH`` = 16 examples),
+            ``dense``, ``gather``, ``union`` or ``csr``; or a sequence of L + 1 of these, one per
+            layer. With numba, one thread runs the whole network as one fused kernel
+            (``sparse_eoc.infer.kernels.forward_fused``).
+        threads: CPU threads of the numba kernels, >= 1. A batch of 2 or more examples is split
+            into up to ``threads`` parts of consecutive examples, each part the fused kernel on
+            its own thread through the whole network, with no barrier per layer (2 threads, 2-core
+            CPU, s = 0.85, batch 8: width 300 x 100 1.01 ms against 1.27 on one thread and 1.34 as
+            column tiles; width 1024 x 8 0.52 against 0.71 and 0.71; width 4096 x 8 9.6 against
+            17.2 and 10.7; batch 64: width 1024 x 8 2.7 ms against 5.2 and 3.8 as column tiles,
+            300 x 100 4.4 against 5.5 and 8.4, 4096 x 8 39 against 74 and 45); a batch of more than
+            ``SMALL_BATCH`` examples with too little work to share (:data:`PARALLEL_MIN_MACS`) stays
+            on one thread. Batch 1 runs its layers' output columns in tiles across the threads
+            where the layers are large (:data:`SMALL_PARALLEL_MIN_MACS`), else on one thread. The
+            logits are the same bits as on one thread wherever each part chooses its layers'
+            strategies as the whole batch does and runs no ``union`` or ``dense`` layer (a
+            ``gather`` layer computes each example on its own, so always for
+            ``strategy="gather"``; a ``csr`` layer adds each example's rows in blocks that depend
+            on the batch size only beyond 128 examples at width 4096, see ``tile_bytes``); a
+            ``union`` or ``dense`` layer's BLAS product over part of the batch may add in another
+            order (float32 round-off).
             The BLAS library runs on the calling thread during a numba call, whatever its own
             thread count (see :func:`_blas_on_caller`); the NumPy backend uses only the
             BLAS library's threads.
         backend: ``auto`` (numba when installed), ``numba`` or ``numpy``.
         cost: the :class:`~sparse_eoc.infer.plan.CostModel` of ``auto``; None = defaults.
-        tile_bytes: numba ``csr`` only: the cache share, in bytes (>= 1024), of its (B, T)
-            output tile and of each block of weight rows it keeps for the batch (default
-            256 KiB, a quarter of a 1 MiB L2).
+        tile_bytes: numba ``csr`` only, in bytes (>= 1024): its (B, T) output tile and each block
+            of weight rows it keeps for the batch get about this much (default 2 MiB, measured
+            best: at width 4096 x 8, batch 64, 77 ms against 90 with 256 KiB; see
+            ``sparse_eoc.kernels.rows.csr_tiling``).
 
     Attributes:
         backend: the backend in use, ``numba`` or ``numpy``.
@@ -296,7 +301,7 @@ class SparseEngine:
         threads: int = 1,
         backend: str = "auto",
         cost: CostModel | None = None,
-        tile_bytes: int = 1 << 18,
+        tile_bytes: int = 1 << 21,
     ) -> None:
         act = get_activation(activation)
         tau, m = act.check_params(tau, m)
@@ -327,9 +332,6 @@ class SparseEngine:
             self._biases[i] -= np.float32(self.bias_shift)  # b - tau for a one-sided phi, as SparseMLP folds it
         self.strategy = strategy
         self._codes = self._check_strategy(strategy, n_layers)
-        # A small batch runs as one fused gather kernel under auto, gather or dense (gather or dense
-        # per layer, no per-layer allocation for a gather); explicit csr or union keep their kernels.
-        self._small_ok = bool(np.all((self._codes == AUTO) | (self._codes == GATHER) | (self._codes == DENSE)))
         self.threads = check_int("threads", threads)
         self.tile_bytes = check_int("tile_bytes", tile_bytes, minimum=1024)
         self.cost = CostModel() if cost is None else cost
@@ -508,20 +510,17 @@ class SparseEngine:
             self._typed = (wts, biases)
         wts, biases = self._typed
         batch = x.shape[0]
-        small = batch <= SMALL_BATCH and self._small_ok
-        if small and batch > 1 and self.threads > 1:
+        work = batch * self._layer_macs
+        if batch > 1 and self.threads > 1 and (batch <= SMALL_BATCH or work >= PARALLEL_MIN_MACS):
             return self._forward_split(x, skip, wts, biases)
         stats = np.zeros((len(self._wts), 4), dtype=np.int64)
-        work = batch * self._layer_macs
-        enough = work >= (SMALL_PARALLEL_MIN_MACS if small else PARALLEL_MIN_MACS)
-        threads = self.threads if enough else 1
+        # Batch 1 runs its layers' column tiles across the threads where they are large enough.
+        threads = self.threads if batch == 1 and work >= SMALL_PARALLEL_MIN_MACS else 1
         args = (x, self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
         with _blas_on_caller():  # one thread pool: numba's (see _blas_on_caller)
-            if small and threads == 1:
-                # A small batch on one thread: the fused gather kernel, gather or dense per layer.
-                logits = k.forward_small(*args, stats)
-            elif threads == 1:
-                logits = k.forward_serial(*args, 1, self.tile_bytes, stats)
+            if threads == 1:
+                # One thread: the fused kernel (compaction fused with each activation, no per-layer scans).
+                logits = k.forward_fused(*args, self.tile_bytes, stats)
             else:
                 import numba
 
@@ -534,19 +533,20 @@ class SparseEngine:
         return logits, stats
 
     def _forward_split(self, x: np.ndarray, skip: bool, wts, biases) -> tuple[np.ndarray, np.ndarray]:
-        """A small batch split into up to ``threads`` parts of consecutive examples, each part the
-        fused kernel (compiled ``nogil``) on its own thread: the calling thread runs the first part,
-        the shared helper pool (:func:`_split_pool`) the others. Statistics: strategies of the first
+        """A batch split into up to ``threads`` parts of consecutive examples, each part the fused
+        kernel (compiled ``nogil``) on its own thread: the calling thread runs the first part, the
+        shared helper pool (:func:`_split_pool`) the others. Statistics: strategies of the first
         part, nnz and multiply-adds summed, union the parts' largest."""
         k = self._kernels
         bounds = np.linspace(0, x.shape[0], min(self.threads, x.shape[0]) + 1).round().astype(int)
         parts = [x[p0:p1] for p0, p1 in itertools.pairwise(bounds)]  # contiguous row slices
         stats = [np.zeros((len(self._wts), 4), dtype=np.int64) for _ in parts]
-        common = (self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs)
+        common = (self._offset32, wts, biases, self._kinds, self._taus, self._ms, self._codes, skip, self._costs,
+                  self.tile_bytes)
         pool = _split_pool(len(parts) - 1)
         with _blas_on_caller():  # each part's BLAS products (dense layers) on its own thread
-            futures = [pool.submit(k.forward_small, part, *common, st) for part, st in zip(parts[1:], stats[1:])]
-            logits = [k.forward_small(parts[0], *common, stats[0])]
+            futures = [pool.submit(k.forward_fused, part, *common, st) for part, st in zip(parts[1:], stats[1:])]
+            logits = [k.forward_fused(parts[0], *common, stats[0])]
             logits += [f.result() for f in futures]
         total = stats[0].copy()
         for st in stats[1:]:

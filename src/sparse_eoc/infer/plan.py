@@ -21,7 +21,8 @@ Strategies (all exact; they differ only in the order of float32 additions):
 
 ``auto`` picks per layer and per call, from the measured nnz and |U|, the strategy with
 the lowest predicted time under :class:`CostModel`; at batch 1 it is always ``gather``, and up
-to :data:`SMALL_BATCH` examples ``gather`` or ``dense`` (see :func:`choose_strategy`).
+to :data:`SMALL_BATCH` examples ``gather`` (``csr`` for a layer larger than the last-level
+cache) or ``dense`` (see :func:`choose_strategy`).
 
 The activation after each layer is coded as one of ``ACT_ONE_SIDED`` (relu_tau, crelu: the
 threshold folded into the bias, then min(max(v, 0), m)), ``ACT_TWO_SIDED`` (st_tau, cst:
@@ -50,12 +51,13 @@ __all__ = ["STRATEGIES", "STRATEGY_CHOICES", "SMALL_BATCH", "AUTO", "DENSE", "GA
 STRATEGIES = ("dense", "gather", "union", "csr")
 DENSE, GATHER, UNION, CSR = range(len(STRATEGIES))
 AUTO = -1
-#: The largest batch that :func:`choose_strategy` gives ``gather`` or ``dense`` only, and that the numba
-#: engine runs as one fused gather kernel (:func:`sparse_eoc.infer.kernels.forward_small`; on one thread,
-#: or with more threads split into parts of consecutive examples, one per thread):
-#: per-example gathers with no per-layer allocation measured faster than the blocked ``csr`` and
-#: ``union`` kernels at batches 4, 8 and 16 (widths 300 x 100 and 1024 x 8, s = 0.85: 8-25 %),
-#: slower at 64 (width 300: ``union`` 6.6 ms against 8.6).
+#: The largest batch that :func:`choose_strategy` gives ``gather`` or ``dense`` only (``csr`` for a
+#: layer larger than ``CostModel.llc_bytes``), and that the numba engine splits, given more threads,
+#: into parts of consecutive examples, each the fused kernel
+#: (:func:`sparse_eoc.infer.kernels.forward_fused`) on its own thread: per-example gathers
+#: measured faster than the blocked ``csr`` and ``union`` kernels at batches 4, 8 and 16 (widths
+#: 300 x 100 and 1024 x 8, s = 0.85: 8-25 %, against the per-layer kernels of the time), slower at
+#: 64 (width 300: ``union`` 6.6 ms against 8.6).
 SMALL_BATCH = 16
 #: What a ``strategy=`` argument accepts.
 STRATEGY_CHOICES = ("auto", *STRATEGIES)
@@ -103,6 +105,10 @@ class CostModel:
         csr_mac: one multiply-add of the blocked sparse-dense kernel, > 0.
         copy: copying one weight into the union's dense block, > 0.
         cache_bytes: cache that holds a re-read row (per-core L2), > 0.
+        llc_bytes: the last-level cache, > 0: a small batch's layer whose W^T is larger runs
+            ``csr`` rather than ``gather`` (its row blocks keep a shared row in cache while the
+            examples take turns; each example's own gather re-reads it from memory: width 4096
+            x 8 at batch 8, 14.1 ms against 16.8; at width 1024, W^T 4 MiB, the two are even).
     """
 
     mem: float = 0.4
@@ -112,6 +118,7 @@ class CostModel:
     csr_mac: float = 0.05
     copy: float = 0.5
     cache_bytes: float = float(1 << 20)
+    llc_bytes: float = float(1 << 24)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -120,7 +127,7 @@ class CostModel:
                 raise ValueError(f"{f.name} must be a finite number > 0, got {f.name}={value!r}")
 
     def as_array(self) -> np.ndarray:
-        """The constants as float64 (7,), in field order (what :func:`choose_strategy` takes)."""
+        """The constants as float64 (8,), in field order (what :func:`choose_strategy` takes)."""
         return np.array(astuple(self), dtype=np.float64)
 
 
@@ -183,16 +190,16 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
         batch: examples B >= 1.  n_in, n_out: the layer's N_in and N_out.
         nnz: nonzero inputs over the batch, 0..B N_in.
         n_union: input units nonzero for at least one example, 0..N_in.
-        costs: :meth:`CostModel.as_array`, float64 (7,).
+        costs: :meth:`CostModel.as_array`, float64 (8,).
 
     Returns:
         One of DENSE, GATHER, UNION, CSR; ties go to the earlier of gather, csr, union, dense
         (the numba kernels compile this function, so both backends choose alike). Batch 1 is
         always GATHER: with no batch to share rows across, every layer is a gather (for a fully dense input
         that is the dense product as row updates). Up to :data:`SMALL_BATCH` examples the
-        choice is GATHER or DENSE only, with re-read rows charged as cached (see
-        :class:`CostModel`): there the numba engine runs the network as one fused gather kernel,
-        measured faster than the per-layer ``csr`` and ``union`` kernels.
+        choice is DENSE, or else GATHER (CSR where the layer's W^T exceeds ``llc_bytes``), with
+        re-read rows charged as cached (see :class:`CostModel`): per-example gathers measured
+        faster than ``union`` there, and than ``csr`` wherever the weights stay in cache.
     """
     if batch == 1:
         return GATHER
@@ -201,7 +208,9 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
         # The examples of a small batch read their rows one after another: a row another
         # example shares was read moments before and comes from cache.
         gather_cost = _cost(GATHER, b, i, o, z, u, costs, True)
-        return DENSE if _cost(DENSE, b, i, o, z, u, costs) < gather_cost else GATHER
+        if _cost(DENSE, b, i, o, z, u, costs) < gather_cost:
+            return DENSE
+        return CSR if 4.0 * i * o > costs[7] else GATHER
     best = GATHER
     best_cost = _cost(GATHER, b, i, o, z, u, costs)
     for code in (CSR, UNION, DENSE):
