@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
-from sparse_eoc.kernels.rows import PRANGE_ONLY, csr_rows_tile, csr_tiling, gather_rows_tile, split_columns, to_csr
+from sparse_eoc.kernels.rows import PRANGE_ONLY, compact_row, csr_rows_tile, csr_tiling, gather_rows_tile, split_columns, to_csr
 from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENSE, GATHER, UNION, _cost,
                                    choose_strategy)
 
@@ -217,27 +217,6 @@ def _shift(x, offset):
 
 
 @njit(cache=True)
-def _act_compact(y, n_out, kind, tau, m, skip, idx, vals):
-    """y = phi(y) over y[:n_out] (the bias already in); its nonzeros (every entry when not ``skip``) go to
-    idx/vals in ascending order. Returns (rows kept, nonzeros).
-
-    Branch-free compaction: each entry is written at the next free slot, which advances only
-    for a kept entry (a 15 %-dense output would mispredict a branch at every kept entry).
-    """
-    k = 0
-    nnz = 0
-    for c in range(n_out):
-        v = _act(y[c], kind, tau, m)
-        y[c] = v
-        nz = v != 0  # NaN is nonzero: it propagates, as in the dense forward
-        idx[k] = c
-        vals[k] = v
-        k += 1 if (nz or not skip) else 0
-        nnz += nz
-    return k, nnz
-
-
-@njit(cache=True)
 def _act_pass(y, bias, add_bias, kind, tau, m, mark, listing, skip, indptr, idx, vals):
     """y = phi(y + bias) (``add_bias``) or phi(y), (B, N) in place, in one pass that also counts the
     nonzeros and marks the units nonzero for some example in ``mark`` (>= N,) bool (all False
@@ -249,18 +228,19 @@ def _act_pass(y, bias, add_bias, kind, tau, m, mark, listing, skip, indptr, idx,
     indptr[0] = 0
     for b in range(batch):
         p = indptr[b]
-        if listing:  # phi, then the entries kept, as _act_compact does; the union from those
-            if add_bias:
-                for c in range(n):
-                    y[b, c] += bias[c]
-            kept, nz = _act_compact(y[b], n, kind, tau, m, skip, idx[p:], vals[p:])
-            nnz += nz
-            for i in range(p, p + kept):
-                j = idx[i]
-                if vals[i] != 0 and not mark[j]:  # NaN is nonzero, as in _act_compact
-                    mark[j] = True
-                    n_union += 1
-            indptr[b + 1] = p + kept
+        if listing:  # phi, then the entries kept (compact_row); nnz and the union from those
+            row = y[b]
+            for c in range(n):
+                row[c] = _act(row[c] + bias[c] if add_bias else row[c], kind, tau, m)
+            q = compact_row(row, n, skip, idx, vals, p)
+            for i in range(p, q):
+                if vals[i] != 0:  # NaN is nonzero, as in compact_row
+                    nnz += 1
+                    j = idx[i]
+                    if not mark[j]:
+                        mark[j] = True
+                        n_union += 1
+            indptr[b + 1] = q
         else:
             for c in range(n):
                 v = _act(y[b, c] + bias[c] if add_bias else y[b, c], kind, tau, m)

@@ -32,7 +32,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["PRANGE_ONLY", "axpy_rows", "csr_rows_tile", "gather_rows_tile", "to_csr", "split_columns", "csr_tiling"]
+__all__ = ["PRANGE_ONLY", "axpy_rows", "compact_row", "csr_rows_tile", "gather_rows_tile", "to_csr", "split_columns",
+           "csr_tiling"]
 
 _U = np.uint64
 #: ``njit(parallel=PRANGE_ONLY)``: only the explicit prange loops run in parallel. Numba would
@@ -84,6 +85,70 @@ def _prefetch(typingctx, arr, offset):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def _nonzero_mask16(typingctx, arr, offset):
+    """Bit i set where arr[offset + i] != 0 (NaN included), i < 16, as uint64: one vector load and compare
+    (LLVM: <16 x float> fcmp une 0, bitcast to i16). The 16 floats must lie inside ``arr``."""
+    sig = types.uint64(arr, offset)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        vec = ir.VectorType(ir.FloatType(), 16)
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer())
+        v = builder.load(ptr, align=4)
+        nz = builder.fcmp_unordered("!=", v, ir.Constant(vec, None))  # NaN != 0: unordered
+        return builder.zext(builder.bitcast(nz, ir.IntType(16)), ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _cttz(typingctx, x):
+    """The number of trailing zero bits of a nonzero uint64 (llvm.cttz)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]),
+                                            "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def compact_row(row, n, skip, idx, vals, k):
+    """Append the nonzeros of row[:n] (every entry when not ``skip``) to idx/vals from slot k, in
+    ascending order; returns the next free slot. NaN counts as nonzero.
+
+    Sixteen entries at a time: one vector compare gives their nonzero bits, and only the set bits
+    are visited, so a 15 %-dense row costs about a cycle per nonzero rather than per entry (a
+    branch-free scalar compaction measured 1.0 ns an entry, this one a quarter of that).
+    """
+    if not skip:
+        for c in range(n):
+            idx[_U(k + c)] = c
+            vals[_U(k + c)] = row[_U(c)]
+        return k + n
+    c0 = 0
+    while c0 + 16 <= n:
+        mask = _nonzero_mask16(row, _U(c0))
+        while mask:
+            c = c0 + np.int64(_cttz(mask))
+            idx[_U(k)] = c
+            vals[_U(k)] = row[_U(c)]
+            k += 1
+            mask &= mask - _U(1)
+        c0 += 16
+    for c in range(c0, n):
+        v = row[_U(c)]
+        if v != 0:  # NaN is nonzero
+            idx[_U(k)] = c
+            vals[_U(k)] = v
+            k += 1
+    return k
 
 
 @njit(inline="always")
