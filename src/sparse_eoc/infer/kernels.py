@@ -1,15 +1,17 @@
 """Numba kernels of the sparse engine: the whole network in one compiled call.
 
 Imported only when numba is installed (a dependency wherever numba ships wheels); the
-engine falls back to its NumPy path otherwise. One call of :func:`forward_serial` (or
-:func:`forward_parallel`) runs every layer (no Python between layers), for each layer:
-count the nonzero inputs and the union, pick a strategy
-(:func:`sparse_eoc.infer.plan.choose_strategy`, compiled here as it is), multiply, add the
-bias and apply the activation in the same pass over the output tile. :func:`forward_fused` is the
-one-thread path (any batch; batch 1 is the latency case): the same per-layer kernels, with each
-layer's activation pass fused with the compaction of the next layer's nonzeros (CSR) and two
-activation buffers allocated once per call, so no layer scans its input to count, list or
-allocate (bit-identical to :func:`forward_serial`).
+engine falls back to its NumPy path otherwise. Three drivers run every layer in one call (no
+Python between layers), each layer's strategy picked from its measured nonzeros and union
+(:func:`sparse_eoc.infer.plan.choose_strategy`, compiled here as it is):
+
+- :func:`forward_fused`, what the engine runs on one thread (any batch) and on each part of a
+  batch split across threads: each layer's activation pass also counts, and lists as CSR, the
+  next layer's nonzeros, in two buffers allocated once per call;
+- :func:`forward_parallel`, batch 1 with large layers on several threads: per-layer kernels
+  (:func:`_layer`), their output column tiles across numba's threads;
+- :func:`forward_serial`, the same per-layer kernels on one thread: the reference that
+  ``forward_fused`` equals bit for bit (the tests hold them to it).
 
 The row kernels (weighted sums of W^T rows, prefetching, CSR) are :mod:`sparse_eoc.kernels.rows`,
 shared with sparse training.
@@ -25,8 +27,8 @@ tiles across threads; compiled on first use). Additions are never reordered
 across rows beyond the fixed groups of four (:mod:`sparse_eoc.kernels.rows`), and a union
 layer's BLAS products are cut into the same column tiles on any number of threads
 (:func:`union_tiles`), so results are deterministic, and the same on any number of threads
-(a small batch split across threads, ``SparseEngine``'s ``threads``: the same wherever its
-parts choose each layer's strategy as the whole batch does).
+(a batch split across threads, ``SparseEngine``'s ``threads``: the same wherever its parts
+choose each layer's strategy as the whole batch does and no ``union`` or ``dense`` layer runs).
 The BLAS library must run single-threaded during a call (the engine sees to it:
 ``sparse_eoc.infer.engine._blas_on_caller``), so that numba's threads are the only ones.
 """
@@ -283,16 +285,18 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
     the nonzero lists and the union; a layer's pass over its output applies the bias (where the
     product did not start from it) and phi, counts the nonzeros and the union that the next
     layer's choice needs and, after a ``gather`` or ``csr`` layer, lists the nonzeros (CSR) in
-    the same pass (a ``gather`` or ``csr`` layer after one that did not lists them itself, one
-    more pass: listing costs a write per entry, which a ``union`` or ``dense`` layer does not need). Each layer runs the same kernels in the same order as :func:`forward_serial`
-    (``gather``: one column tile; ``csr``: ``csr_tiling`` with one tile per row of tiles;
-    ``union``: :func:`union_tiles`; ``dense``: one BLAS product), so the result and ``stats``
-    are bit-identical to ``forward_serial``'s with ``ntiles`` = 1; against it, this path saves
-    the per-layer count, list and allocation (width 1024 x 8 at batch 64: 5.3 ms against 5.8).
+    the same pass (:func:`sparse_eoc.kernels.rows.compact_row`; a ``gather`` or ``csr`` layer
+    after one that did not lists them itself, one more pass: listing costs a write per
+    nonzero, which a ``union`` or ``dense`` layer does not need). Each layer runs the same
+    kernels in the same order as :func:`forward_serial` (``gather``: one column tile; ``csr``:
+    ``csr_tiling`` with one tile per row of tiles; ``union``: :func:`union_tiles`; ``dense``: one
+    BLAS product), so the result and ``stats`` are bit-identical to ``forward_serial``'s with
+    ``ntiles`` = 1; against it, this path saves the per-layer count, list and allocation
+    (width 1024 x 8 at batch 64: 4.9 ms against 5.2-5.6).
 
     ``stats`` (L + 1, 4) int64 gets (strategy, nnz, |union|, multiply-adds) per layer, as in
     ``_layer``; ``skip=False`` is the dense-own baseline (every row read). Compiled ``nogil``:
-    the engine runs the parts of a split small batch on several Python threads at once.
+    the engine runs the parts of a split batch on several Python threads at once.
     """
     n_layers = len(wts)
     batch = x.shape[0]
