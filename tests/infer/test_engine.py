@@ -410,8 +410,8 @@ def test_the_fused_kernel_with_a_dense_layer_narrower_than_the_widest_equals_for
 
 
 def test_small_batches_choose_gather_or_dense_only():
-    """Up to SMALL_BATCH examples choose_strategy gives gather or dense (ties to gather); above it csr
-    or union where they are cheaper."""
+    """Up to SMALL_BATCH examples choose_strategy gives gather or dense (ties to gather) for layers that fit
+    the last-level cache; above it csr or union where they are cheaper."""
     costs = CostModel().as_array()
     n = 1024
     for batch in range(2, SMALL_BATCH + 1):
@@ -424,6 +424,23 @@ def test_small_batches_choose_gather_or_dense_only():
     assert STRATEGIES[choose_strategy(8, n, n, 8 * n, n, costs)] == "dense"
     big = SMALL_BATCH + 1
     assert STRATEGIES[choose_strategy(big, n, n, int(0.15 * big * n), int(0.4 * n), costs)] in ("csr", "union")
+
+
+@pytest.mark.parametrize("batch", [2, 8, SMALL_BATCH])
+def test_small_batches_run_csr_where_the_weights_exceed_the_last_level_cache(batch):
+    """A small batch's sparse layer is csr once 4 N_in N_out bytes exceed CostModel.llc_bytes (its row
+    blocks keep a shared row in cache), gather up to it; batch 1 gathers whatever the size; dense stays
+    dense; and a smaller llc_bytes moves the line."""
+    costs = CostModel().as_array()
+    for n, expected in ((1024, "gather"), (2048, "gather"), (2049, "csr"), (4096, "csr")):  # 16 MiB: 2048 x 2048
+        nnz, n_union = int(0.15 * batch * n), int(0.3 * n)
+        assert STRATEGIES[choose_strategy(batch, n, n, nnz, n_union, costs)] == expected
+        assert STRATEGIES[choose_strategy(1, n, n, int(0.15 * n), int(0.15 * n), costs)] == "gather"
+        assert STRATEGIES[choose_strategy(batch, n, n, batch * n, n, costs)] == "dense"
+    small_llc = CostModel(llc_bytes=1 << 20).as_array()  # 1 MiB: 512 x 512
+    assert STRATEGIES[choose_strategy(batch, 1024, 1024, int(0.15 * batch * 1024), 300, small_llc)] == "csr"
+    with pytest.raises(ValueError, match="llc_bytes must be a finite number > 0"):
+        CostModel(llc_bytes=0)
 
 
 @pytest.mark.parametrize(
@@ -517,3 +534,15 @@ def test_a_nan_input_gives_nan_logits_for_its_example_only(backend, batch):
     assert np.isnan(ref[1]).all() and np.isnan(out[1]).all()
     rest = np.arange(batch) != 1
     assert np.all(relative_error(out[rest], ref[rest]) <= RTOL)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_a_small_batch_through_a_layer_larger_than_the_last_level_cache(backend):
+    """Width 2100 (W^T of a hidden layer 17.6 MB > 16 MiB): at batch 8 its hidden-to-hidden layers run
+    csr and the rest gather, on both backends alike; the logits are the dense model's."""
+    model = eoc_mlp("crelu", width=2100, depth=3, sparsity=0.85)
+    x = images(8, seed=17)
+    engine = SparseEngine.from_model(model, input_offset=BACKGROUND, backend=backend)
+    out = engine(x)
+    assert engine.last_strategies == ("gather", "csr", "csr", "gather")  # 784 x 2100 (6.6 MB): gather
+    assert np.all(relative_error(out, dense_logits(model, x)) <= RTOL)
