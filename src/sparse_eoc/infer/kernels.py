@@ -112,6 +112,26 @@ def union_tiles(n_out):
 
 
 @njit(cache=True)
+def _union_input(a, mark, n_union, skip):
+    """(rows, a_u) of a ``union`` layer: the union U ascending (every unit when not ``skip``), int64
+    (|U|,), from ``mark`` (the units nonzero for some example, ``n_union`` of them), and a[:, U]
+    (B, |U|)."""
+    batch, n_in = a.shape
+    n_rows = n_union if skip else n_in
+    rows = np.empty(n_rows, np.int64)
+    k = 0
+    for j in range(n_in):
+        if mark[j] or not skip:
+            rows[k] = j
+            k += 1
+    a_u = np.empty((batch, n_rows), np.float32)
+    for b in range(batch):
+        for k in range(n_rows):
+            a_u[b, k] = a[b, rows[k]]
+    return rows, a_u
+
+
+@njit(cache=True)
 def _union_tile(y, a_u, wt, rows, c0, c1):
     """y[:, c0:c1] = a_u W^T[rows, c0:c1]: one BLAS product on a copy of that block of W^T."""
     w_t = np.empty((len(rows), c1 - c0), np.float32)  # (|U|, T) = W^T[U, c0:c1]
@@ -161,17 +181,8 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
             _bias_act_tile(y, bias, c0, c1, kind, tau, m)
         macs = batch * n_in * n_out
     elif s == UNION:
-        n_rows = n_union if skip else n_in
-        rows = np.empty(n_rows, np.int64)  # the union U, ascending
-        k = 0
-        for j in range(n_in):
-            if mark[j] or not skip:
-                rows[k] = j
-                k += 1
-        a_u = np.empty((batch, n_rows), np.float32)  # (B, |U|) = a[:, U]
-        for b in range(batch):
-            for k in range(n_rows):
-                a_u[b, k] = a[b, rows[k]]
+        rows, a_u = _union_input(a, mark, n_union, skip)
+        n_rows = len(rows)
         # One BLAS product per column tile, the tiles across numba's threads (the BLAS library
         # runs single-threaded: SparseEngine's _blas_on_caller). The tiles depend on N_out
         # only, not on the thread count: the same BLAS calls, the same bits, on any number
@@ -327,17 +338,8 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
             y[:, :] = np.dot(a, wt)  # (B, N_out), BLAS, on this thread (SparseEngine: _blas_on_caller)
             macs = batch * n_in * n_out
         elif s == UNION:
-            n_rows = n_union if skip else n_in
-            rows = np.empty(n_rows, np.int64)  # the union U, ascending
-            k = 0
-            for j in range(n_in):
-                if mark[j] or not skip:
-                    rows[k] = j
-                    k += 1
-            a_u = np.empty((batch, n_rows), np.float32)  # (B, |U|) = a[:, U]
-            for b in range(batch):
-                for k in range(n_rows):
-                    a_u[b, k] = a[b, rows[k]]
+            rows, a_u = _union_input(a, mark, n_union, skip)
+            n_rows = len(rows)
             ptiles = union_tiles(n_out)
             for t in range(ptiles):
                 c0, c1 = split_columns(n_out, ptiles, t)
