@@ -39,7 +39,8 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
-from sparse_eoc.kernels.rows import PRANGE_ONLY, compact_row, csr_rows_tile, csr_tiling, gather_rows_tile, split_columns, to_csr
+from sparse_eoc.kernels.rows import (PRANGE_ONLY, compact_row, csr_rows_tile, csr_tiling, gather_rows_tile, split_columns,
+                                     to_csr)
 from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENSE, GATHER, UNION, _cost,
                                    choose_strategy)
 
