@@ -250,10 +250,10 @@ class SparseEngine:
         threads: CPU threads of the numba kernels, >= 1. A batch of 2 or more examples is split
             into up to ``threads`` parts of consecutive examples, each part the fused kernel on
             its own thread through the whole network, with no barrier per layer (2 threads, 2-core
-            CPU, s = 0.85, batch 8: width 300 x 100 1.01 ms against 1.27 on one thread and 1.34 as
-            column tiles; width 1024 x 8 0.52 against 0.71 and 0.71; width 4096 x 8 9.6 against
-            17.2 and 10.7; batch 64: width 1024 x 8 2.7 ms against 5.2 and 3.8 as column tiles,
-            300 x 100 4.4 against 5.5 and 8.4, 4096 x 8 39 against 74 and 45); a batch of more than
+            CPU, s = 0.85, batch 8: width 300 x 100 0.86 ms against 1.09 on one thread and 1.37 as
+            column tiles; width 1024 x 8 0.57 against 0.69 and 0.60; width 4096 x 8 8.3 against
+            14.5 and 8.9; batch 64: width 1024 x 8 2.7 ms against 5.2 and 3.8, 300 x 100 4.4
+            against 5.5 and 8.4, 4096 x 8 39 against 74 and 45); a batch of more than
             ``SMALL_BATCH`` examples with too little work to share (:data:`PARALLEL_MIN_MACS`) stays
             on one thread. Batch 1 runs its layers' output columns in tiles across the threads
             where the layers are large (:data:`SMALL_PARALLEL_MIN_MACS`), else on one thread. The
