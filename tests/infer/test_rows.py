@@ -29,3 +29,17 @@ def test_compact_row_lists_what_a_scalar_loop_lists(n, skip):
     np.testing.assert_array_equal(idx[k:end], keep)
     np.testing.assert_array_equal(vals[k:end], row[keep])  # NaN compares equal in assert_array_equal
     assert np.all(idx[:k] == -1) and np.all(idx[end:] == -1)  # nothing written outside
+
+
+@pytest.mark.parametrize("case", ["float64", "strided"])
+def test_compact_row_refuses_what_its_vector_load_cannot_read(case):
+    """The 16-float vector load reads contiguous float32 only: a float64 or strided row is a typing error,
+    not a wrong list."""
+    from numba.core.errors import TypingError
+
+    from sparse_eoc.kernels.rows import compact_row
+
+    base = np.arange(64, dtype=np.float64 if case == "float64" else np.float32)
+    row = base if case == "float64" else base[::2]
+    with pytest.raises(TypingError, match="contiguous 1-D float32"):
+        compact_row(row, 32, True, np.empty(64, np.int64), np.empty(64, row.dtype), 0)

@@ -260,8 +260,9 @@ class SparseEngine:
             logits are the same bits as on one thread wherever each part chooses its layers'
             strategies as the whole batch does and runs no ``union`` or ``dense`` layer (a
             ``gather`` layer computes each example on its own, so always for
-            ``strategy="gather"``; a ``csr`` layer adds each example's rows in blocks that depend
-            on the batch size only beyond 128 examples at width 4096, see ``tile_bytes``); a
+            ``strategy="gather"``; a ``csr`` layer adds each example's rows in blocks that do not
+            depend on the batch size while B <= ``tile_bytes`` / (4 N_out), at the default 128
+            examples at width 4096, see ``sparse_eoc.kernels.rows.csr_tiling``); a
             ``union`` or ``dense`` layer's BLAS product over part of the batch may add in another
             order (float32 round-off).
             The BLAS library runs on the calling thread during a numba call, whatever its own

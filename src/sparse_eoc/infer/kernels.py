@@ -153,7 +153,7 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
             float32 tau and m.
         strategy: a strategy code, or AUTO (chosen here from the measured nnz and union).
         skip: skip zero inputs (False: the same kernels with every input treated as nonzero).
-        costs: the cost model (7,) float64.  ntiles: column tiles of dense/gather (= threads).
+        costs: the cost model (8,) float64.  ntiles: column tiles of dense/gather (= threads).
         tile_bytes: cache share of each csr tile (see :func:`_csr_tiling`).
         stats_row: (4,) int64, filled with (strategy, nnz, |union|, multiply-adds done).
     """
@@ -289,8 +289,8 @@ def _compact_csr(a, skip, indptr, idx, vals):
 
 @njit(cache=True, nogil=True)
 def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, costs, tile_bytes, stats):
-    """Logits (B, N_L+1) of x (B, N_0): the whole network on one thread, with no allocation or
-    extra pass per layer.
+    """Logits (B, N_L+1) of x (B, N_0): the whole network on one thread, without the per-layer scans
+    and buffers of :func:`forward_serial`.
 
     Every strategy, every batch size. Two activation buffers are allocated once per call and
     used in turn (layer l reads one as its dense input (B, N_in) and writes the other), with

@@ -53,7 +53,8 @@ DENSE, GATHER, UNION, CSR = range(len(STRATEGIES))
 AUTO = -1
 #: The largest batch that :func:`choose_strategy` gives ``gather`` or ``dense`` only (``csr`` for a
 #: layer larger than ``CostModel.llc_bytes``), and that the numba engine splits, given more threads,
-#: into parts of consecutive examples, each the fused kernel
+#: whatever its work (a larger batch is split once it has ``PARALLEL_MIN_MACS`` of work, see
+#: ``sparse_eoc.infer.engine``) into parts of consecutive examples, each the fused kernel
 #: (:func:`sparse_eoc.infer.kernels.forward_fused`) on its own thread: per-example gathers
 #: measured faster than the blocked ``csr`` and ``union`` kernels at batches 4, 8 and 16 (widths
 #: 300 x 100 and 1024 x 8, s = 0.85: 8-25 %, against the per-layer kernels of the time), slower at

@@ -15,7 +15,7 @@ reordered across rows beyond the fixed groups of four, so results are determinis
 thread count. The multiply-adds are not fused: numba compiles an ``inline="always"`` helper with
 its caller's fastmath flags, not its own, and these kernels are bound by loads, not by the
 arithmetic (fusing them measured no faster at width 4096). Every kernel takes float32 or
-float64 arrays (one compilation each).
+float64 arrays (one compilation each), except :func:`compact_row`: contiguous float32 only.
 
 Weight rows are read in groups of four, and the rows ``PREFETCH_AHEAD`` further on are
 prefetched meanwhile (a software prefetch hint): the hardware prefetcher follows a row once
@@ -29,7 +29,7 @@ import numpy as np
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
 __all__ = ["PRANGE_ONLY", "axpy_rows", "compact_row", "csr_rows_tile", "gather_rows_tile", "to_csr", "split_columns",
@@ -90,7 +90,10 @@ def _prefetch(typingctx, arr, offset):
 @intrinsic
 def _nonzero_mask16(typingctx, arr, offset):
     """Bit i set where arr[offset + i] != 0 (NaN included), i < 16, as uint64: one vector load and compare
-    (LLVM: <16 x float> fcmp une 0, bitcast to i16). The 16 floats must lie inside ``arr``."""
+    (LLVM: <16 x float> fcmp une 0, bitcast to i16). ``arr``: a contiguous 1-D float32 array (anything
+    else is a typing error: the load reads 16 consecutive float32); the 16 floats must lie inside it."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1 and arr.layout == "C"):
+        raise errors.TypingError(f"_nonzero_mask16 takes a contiguous 1-D float32 array, got {arr}")
     sig = types.uint64(arr, offset)
 
     def codegen(context, builder, signature, args):
@@ -121,7 +124,8 @@ def _cttz(typingctx, x):
 @njit(cache=True)
 def compact_row(row, n, skip, idx, vals, k):
     """Append the nonzeros of row[:n] (every entry when not ``skip``) to idx/vals from slot k, in
-    ascending order; returns the next free slot. NaN counts as nonzero.
+    ascending order; returns the next free slot. NaN counts as nonzero. ``row``: a contiguous 1-D
+    float32 array (numba raises a typing error for any other), n <= len(row).
 
     Sixteen entries at a time: one vector compare gives their nonzero bits, and only the set bits
     are visited, so a 15 %-dense row costs about a cycle per nonzero rather than per entry (a
