@@ -239,13 +239,14 @@ def _act_pass(y, bias, add_bias, kind, tau, m, mark, listing, skip, indptr, idx,
     batch, n = y.shape
     nnz = 0
     n_union = 0
-    indptr[0] = 0
+    if listing:
+        indptr[0] = 0
     for b in range(batch):
-        p = indptr[b]
         if listing:  # phi, then the entries kept (compact_row); nnz and the union from those
             row = y[b]
             for c in range(n):
                 row[c] = _act(row[c] + bias[c] if add_bias else row[c], kind, tau, m)
+            p = indptr[b]
             q = compact_row(row, n, skip, idx, vals, p)
             for i in range(p, q):
                 if vals[i] != 0:  # NaN is nonzero, as in compact_row
@@ -262,7 +263,6 @@ def _act_pass(y, bias, add_bias, kind, tau, m, mark, listing, skip, indptr, idx,
                 nz = v != 0  # NaN is nonzero: it propagates, as in the dense forward
                 nnz += nz  # branch-free: a 15 %-dense output would mispredict a branch at every nonzero
                 mark[c] |= nz
-            indptr[b + 1] = p
     if not listing:
         for c in range(n):
             n_union += mark[c]
@@ -271,20 +271,12 @@ def _act_pass(y, bias, add_bias, kind, tau, m, mark, listing, skip, indptr, idx,
 
 @njit(cache=True)
 def _compact_csr(a, skip, indptr, idx, vals):
-    """The CSR of ``a`` (B, N): its nonzeros (every entry when not ``skip``), examples one after
-    another, into ``indptr`` (B + 1,) and ``idx``/``vals`` (>= B N,). Branch-free: each entry is
-    written at the next free slot, which advances only for a kept entry (a 15 %-dense input would
-    mispredict a branch at every kept entry)."""
-    batch, n = a.shape
-    k = 0
+    """The CSR of ``a`` (B, N) float32: its nonzeros (every entry when not ``skip``), examples one
+    after another (:func:`sparse_eoc.kernels.rows.compact_row` each), into ``indptr`` (B + 1,) and
+    ``idx``/``vals`` (>= B N,)."""
     indptr[0] = 0
-    for b in range(batch):
-        for c in range(n):
-            v = a[b, c]
-            idx[k] = c
-            vals[k] = v
-            k += 1 if (v != 0 or not skip) else 0
-        indptr[b + 1] = k
+    for b in range(a.shape[0]):
+        indptr[b + 1] = compact_row(a[b], a.shape[1], skip, idx, vals, indptr[b])
 
 
 @njit(cache=True, nogil=True)
