@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sparse_eoc.cli import main
-from sparse_eoc.infer import BENCH_KEYS, run_benchmark
+from sparse_eoc.infer import BENCH_KEYS, STRATEGY_CHOICES, run_benchmark
 from sparse_eoc.infer.bench import SETTLE_S
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,12 +165,12 @@ def test_the_thread_check_fails_loudly(mnist_subset_dir, monkeypatch, capsys, sl
     assert main(["bench-inference", "--data-dir", str(mnist_subset_dir), "--widths", "16", "--depth", "2",
                  "--batches", "4", "--sparsities", "0.85", "--threads", "2", "--check-threads"]) == code
     captured = capsys.readouterr()
-    assert captured.out.count("ratio") == 5  # one line per strategy
+    assert captured.out.count("ratio") == len(STRATEGY_CHOICES)  # one line per strategy
     failed = [line for line in captured.err.splitlines() if "thread check FAILED" in line]
     assert len(failed) == code
     if code:
-        assert "5 of 5 cases took more than 1.5x one thread's time on 2 threads, in every timing" in failed[0]
-        assert captured.out.count("FAIL (more than 1.5x) (timing 3)") == 5  # timed three times each
+        assert f"{len(STRATEGY_CHOICES)} of {len(STRATEGY_CHOICES)} cases took more than 1.5x one thread's time on 2 threads, in every timing" in failed[0]
+        assert captured.out.count("FAIL (more than 1.5x) (timing 3)") == len(STRATEGY_CHOICES)  # timed three times each
 
 
 def test_the_thread_check_times_a_slow_case_again(mnist_subset_dir, monkeypatch):
@@ -181,7 +181,7 @@ def test_the_thread_check_times_a_slow_case_again(mnist_subset_dir, monkeypatch)
     monkeypatch.setattr(sparse_eoc.infer.bench, "_time_engines", lambda *args: next(timings))
     rows = sparse_eoc.infer.bench.check_threads(mnist_subset_dir, widths=[16], depth=2, batches=[4],
                                                 sparsities=[0.85])
-    assert [r["attempts"] for r in rows] == [2, 1, 1, 1, 1]
+    assert [r["attempts"] for r in rows] == [2] + [1] * (len(STRATEGY_CHOICES) - 1)
     assert all(r["ok"] and r["ratio"] == pytest.approx(0.9) for r in rows)
 
 

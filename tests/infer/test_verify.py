@@ -82,7 +82,9 @@ def test_trained_model_engine_equals_dense(trained_run, mnist_subset_dir, batch_
     assert result["n"] == (200 if batch_size == 1 else 500)
     assert result["test_accuracy"] == result["dense_test_accuracy"]
     assert result["max_rel_logit_diff"] <= 1e-4
-    assert result["flop_reduction"] > 3.0  # 85 % sparse hidden layers, ~80 % background pixels
+    # 85 % sparse hidden layers, ~80 % background pixels; at batch 8 ``auto`` runs block, whose
+    # multiply-adds cover each group of 8 examples' union of nonzero units, zeros included
+    assert result["flop_reduction"] > (2.0 if batch_size == 8 else 3.0)
     assert result["speedup"] > 0 and result["backend"] in ("numba", "numpy")
 
 
@@ -252,7 +254,7 @@ def test_infer_refuses_a_strategy_of_the_other_kind_of_network(trained_run, trai
     err = _infer_error(capsys, trained_cnn_run, mnist_subset_dir, "--strategy", "gather")
     assert "strategy must be one of auto, dense, sparse for a cnn run" in err
     err = _infer_error(capsys, trained_run, mnist_subset_dir, "--strategy", "sparse")
-    assert "strategy must be one of auto, dense, gather, union, csr for a mlp run" in err
+    assert "strategy must be one of auto, dense, gather, union, csr, block for a mlp run" in err
 
 
 def test_infer_refuses_a_cnn_that_cannot_fit_in_memory(trained_cnn_run, mnist_subset_dir, tmp_path, capsys):

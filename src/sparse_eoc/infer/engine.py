@@ -39,8 +39,8 @@ import scipy.sparse
 
 from sparse_eoc.activations import get_activation
 from sparse_eoc.checks import check_int
-from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENSE, GATHER, SMALL_BATCH, STRATEGIES,
-                                   UNION, CostModel, choose_strategy, flop_reduction, layer_activations,
+from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, BLOCK, BLOCK_GROUP, CSR, DENSE, GATHER,
+                                   SMALL_BATCH, STRATEGIES, UNION, CostModel, choose_strategy, flop_reduction, layer_activations,
                                    strategy_code)
 
 __all__ = ["SparseEngine", "EngineStats", "BACKENDS", "PARALLEL_MIN_MACS", "SMALL_PARALLEL_MIN_MACS", "numba_available",
@@ -242,9 +242,9 @@ class SparseEngine:
         input_offset: None, a float, or (N_0,) floats c: the first layer computes
             (x - c) W^T + (b + c W^T), exact zeros wherever x equals c (see the module docstring).
         strategy: ``auto`` (per layer and call, from the measured sparsity, see
-            :mod:`sparse_eoc.infer.plan`; ``gather`` at batch 1, ``gather`` (``csr`` for a layer
-            larger than the last-level cache) or ``dense`` up to ``SMALL_BATCH`` = 16 examples),
-            ``dense``, ``gather``, ``union`` or ``csr``; or a sequence of L + 1 of these, one per
+            :mod:`sparse_eoc.infer.plan`; ``gather`` at batch 1, ``gather``, ``block`` (``csr`` for
+            a layer larger than the last-level cache) or ``dense`` up to ``SMALL_BATCH`` = 16
+            examples), ``dense``, ``gather``, ``union``, ``csr`` or ``block``; or a sequence of L + 1 of these, one per
             layer. With numba, one thread runs the whole network as one fused kernel
             (``sparse_eoc.infer.kernels.forward_fused``).
         threads: CPU threads of the numba kernels, >= 1. A batch of 2 or more examples is split
@@ -260,7 +260,9 @@ class SparseEngine:
             logits are the same bits as on one thread wherever each part chooses its layers'
             strategies as the whole batch does and runs no ``union`` or ``dense`` layer (a
             ``gather`` layer computes each example on its own, so always for
-            ``strategy="gather"``; a ``csr`` layer adds each example's rows in blocks that do not
+            ``strategy="gather"``; a ``block`` layer adds exact zeros (finite weights) for the rows of its group's
+            union that an example does not need, so the grouping does not change the bits; a
+            ``csr`` layer adds each example's rows in blocks that do not
             depend on the batch size while B <= ``tile_bytes`` / (4 N_out), at the default 128
             examples at width 4096, see ``sparse_eoc.kernels.rows.csr_tiling``); a
             ``union`` or ``dense`` layer's BLAS product over part of the batch may add in another
@@ -586,6 +588,13 @@ class SparseEngine:
                 rows = np.flatnonzero(in_union)  # U
                 y = a[:, rows] @ wt[rows]  # (B, |U|) @ (|U|, N_out)
                 macs = batch * len(rows) * n_out
+            elif s == BLOCK:  # groups of BLOCK_GROUP examples, each against its own union's rows
+                y = np.empty((batch, n_out), np.float32)
+                macs = 0
+                for g0 in range(0, batch, BLOCK_GROUP):
+                    rows = np.flatnonzero(nonzero[g0:g0 + BLOCK_GROUP].any(axis=0))  # the group's union
+                    y[g0:g0 + BLOCK_GROUP] = a[g0:g0 + BLOCK_GROUP, rows] @ wt[rows]  # (G, |U_g|) @ (|U_g|, N_out)
+                    macs += len(y[g0:g0 + BLOCK_GROUP]) * len(rows) * n_out
             else:
                 assert s == CSR
                 r, c = np.nonzero(nonzero)  # row-major order: CSR

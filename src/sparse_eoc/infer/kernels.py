@@ -14,7 +14,8 @@ Python between layers), each layer's strategy picked from its measured nonzeros 
   ``forward_fused`` equals bit for bit (the tests hold them to it).
 
 The row kernels (weighted sums of W^T rows, prefetching, CSR) are :mod:`sparse_eoc.kernels.rows`,
-shared with sparse training.
+shared with sparse training; the ``block`` strategy's register-blocked kernel is
+:mod:`sparse_eoc.kernels.block`.
 
 Layouts: activations ``a`` are (B, N_in) float32 row-major; weights ``wt`` = W^T are
 (N_in, N_out) float32 row-major, so ``wt[j]`` is the contiguous row of the weights
@@ -39,10 +40,11 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
+from sparse_eoc.kernels.block import GROUP, block_rows, group_inputs, group_lanes, group_union
 from sparse_eoc.kernels.rows import (PRANGE_ONLY, compact_row, csr_rows_tile, csr_tiling, gather_rows_tile, split_columns,
                                      to_csr)
-from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, CSR, DENSE, GATHER, UNION, _cost,
-                                   choose_strategy)
+from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, BLOCK, CSR, DENSE, GATHER, UNION,
+                                   _cost, block_lanes, choose_strategy)
 
 __all__ = ["forward_fused", "forward_serial", "forward_parallel"]
 
@@ -50,6 +52,7 @@ __all__ = ["forward_fused", "forward_serial", "forward_parallel"]
 # them there); registered here, numba compiles those same functions into _layer and forward_fused,
 # constants included (SMALL_BATCH). numba's disk cache checks only this file's timestamp: after
 # editing any of them in plan.py, touch this file.
+register_jitable(block_lanes)
 register_jitable(_cost)
 register_jitable(choose_strategy)
 
@@ -144,6 +147,37 @@ def _union_tile(y, a_u, wt, rows, c0, c1):
         y[:, c0:c1] = 0
 
 
+@njit(cache=True)
+def _block_groups(a, skip, rows, p):
+    """The groups of the ``block`` strategy: each group's union (:func:`group_union`) into ``rows``
+    (G, N_in) int64 and its inputs (:func:`group_inputs`) into ``p`` (G, GROUP N_in) float32, G =
+    ceil(B / GROUP), the last group's inputs for :func:`sparse_eoc.kernels.block.group_lanes` of its
+    examples; returns the union sizes (G,)."""
+    batch = a.shape[0]
+    n_groups = (batch + GROUP - 1) // GROUP
+    sizes = np.empty(n_groups, np.int64)
+    for g in range(n_groups):
+        g0 = g * GROUP
+        n_ex = min(GROUP, batch - g0)
+        sizes[g] = group_union(a, g0, n_ex, skip, rows[g])
+        group_inputs(a, g0, n_ex, group_lanes(n_ex), rows[g], sizes[g], p[g])
+    return sizes
+
+
+@njit(cache=True)
+def _block_columns(y, bias, wt, rows, p, sizes, c0, c1):
+    """Columns c0:c1 of every group's ``block`` product (:func:`sparse_eoc.kernels.block.block_rows`);
+    returns the multiply-adds (examples x union rows x columns)."""
+    batch = y.shape[0]
+    macs = 0
+    for g in range(len(sizes)):
+        g0 = g * GROUP
+        n_ex = min(GROUP, batch - g0)
+        block_rows(y, bias, wt, g0, n_ex, group_lanes(n_ex), rows[g], sizes[g], p[g], c0, c1)
+        macs += n_ex * sizes[g] * (c1 - c0)
+    return macs
+
+
 def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes, stats_row):
     """phi(a W^T + bias) of one layer: a (B, N_in) -> (B, N_out), float32.
 
@@ -195,6 +229,20 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
             _union_tile(y, a_u, wt, rows, c0, c1)
             _bias_act_tile(y, bias, c0, c1, kind, tau, m)
         macs = batch * n_rows * n_out
+    elif s == BLOCK:
+        n_groups = (batch + GROUP - 1) // GROUP
+        rows = np.empty((n_groups, n_in), np.int64)
+        p = np.empty((n_groups, GROUP * n_in), np.float32)
+        sizes = _block_groups(a, skip, rows, p)
+        y = np.empty((batch, n_out), np.float32)
+        # On the calling thread, the whole width: a tile narrower than 16 columns reads and writes
+        # back some of the tile before it (sparse_eoc.kernels.block.block_rows), which another
+        # thread's tile could be writing (batch 1 is the only batch this driver runs on threads,
+        # and auto never gives it block).
+        macs = _block_columns(y, bias, wt, rows, p, sizes, 0, n_out)
+        for b in range(batch):
+            for c in range(n_out):
+                y[b, c] = _act(y[b, c], kind, tau, m)
     else:
         indptr, idx, vals = to_csr(a, counts, skip)
         y = np.empty((batch, n_out), np.float32)
@@ -294,7 +342,7 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
     nonzero, which a ``union`` or ``dense`` layer does not need). Each layer runs the same
     kernels in the same order as :func:`forward_serial` (``gather``: one column tile; ``csr``:
     ``csr_tiling`` with one tile per row of tiles; ``union``: :func:`union_tiles`; ``dense``: one
-    BLAS product), so the result and ``stats`` are bit-identical to ``forward_serial``'s with
+    BLAS product; ``block``: groups of eight examples, the whole width), so the result and ``stats`` are bit-identical to ``forward_serial``'s with
     ``ntiles`` = 1; against it, this path saves the per-layer count, list and allocation
     (width 1024 x 8 at batch 64: 4.9 ms against 5.2-5.6).
 
@@ -312,6 +360,9 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
     vals = np.empty(batch * width, np.float32)
     indptr = np.empty(batch + 1, np.int64)
     mark = np.zeros(width, np.bool_)
+    n_groups = (batch + GROUP - 1) // GROUP
+    group_rows = np.empty((n_groups, width), np.int64)  # the block strategy's unions and inputs
+    group_p = np.empty((n_groups, GROUP * width), np.float32)
     n_in = x.shape[1]
     a = bufs[0, :batch * n_in].reshape(batch, n_in)
     for b in range(batch):  # the first layer's input x - offset, counted like any layer's output
@@ -338,6 +389,9 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
                 c0, c1 = split_columns(n_out, ptiles, t)
                 _union_tile(y, a_u, wt, rows, c0, c1)
             macs = batch * n_rows * n_out
+        elif s == BLOCK:
+            sizes = _block_groups(a, skip, group_rows, group_p)
+            macs = _block_columns(y, bias, wt, group_rows, group_p, sizes, 0, n_out)
         else:
             if not listing:
                 _compact_csr(a, skip, indptr, idx, vals)
@@ -354,7 +408,8 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
         stats[layer, 3] = macs
         mark[:n_in] = False
         listing = s == GATHER or s == CSR  # the next layer most likely chooses as this one did
-        nnz, n_union = _act_pass(y, bias, not listing, kinds[layer], taus[layer], ms[layer], mark, listing, skip,
+        add_bias = s == DENSE or s == UNION  # the other kernels start each sum from the bias
+        nnz, n_union = _act_pass(y, bias, add_bias, kinds[layer], taus[layer], ms[layer], mark, listing, skip,
                                  indptr, idx, vals)
         a = y
         n_in = n_out

@@ -18,11 +18,17 @@ Strategies (all exact; they differ only in the order of float32 additions):
   output columns in tiles, input rows in blocks; each example adds only the rows it needs,
   while a block's rows stay in cache for the other examples; nnz N_out multiply-adds and each
   union row read from memory once. Best for larger batches.
+- ``block``  -- the examples in groups of eight, each group against the rows of its own union,
+  register-blocked (numba: :mod:`sparse_eoc.kernels.block`): every weight of those rows is
+  read once for the group and multiplied into all its examples' sums, zeros included; at most
+  lanes(B) |U| N_out multiply-adds (:func:`block_lanes`: a last group of 3 runs as 4), at the
+  rate of the vector unit rather than the rate weights come from cache. Best for small batches
+  whose examples share most of their rows.
 
 ``auto`` picks per layer and per call, from the measured nnz and |U|, the strategy with
 the lowest predicted time under :class:`CostModel`; at batch 1 it is always ``gather``, and up
-to :data:`SMALL_BATCH` examples ``gather`` (``csr`` for a layer larger than the last-level
-cache) or ``dense`` (see :func:`choose_strategy`).
+to :data:`SMALL_BATCH` examples ``block``, ``gather`` (``csr`` for a layer larger than the
+last-level cache) or ``dense`` (see :func:`choose_strategy`).
 
 The activation after each layer is coded as one of ``ACT_ONE_SIDED`` (relu_tau, crelu: the
 threshold folded into the bias, then min(max(v, 0), m)), ``ACT_TWO_SIDED`` (st_tau, cst:
@@ -43,16 +49,21 @@ import numpy as np
 
 from sparse_eoc.activations import get_activation
 
-__all__ = ["STRATEGIES", "STRATEGY_CHOICES", "SMALL_BATCH", "AUTO", "DENSE", "GATHER", "UNION", "CSR", "CostModel",
+__all__ = ["STRATEGIES", "STRATEGY_CHOICES", "SMALL_BATCH", "AUTO", "DENSE", "GATHER", "UNION", "CSR", "BLOCK",
+           "BLOCK_GROUP", "BLOCK_MIN_COLUMNS", "CostModel", "block_lanes",
            "choose_strategy", "strategy_code", "ACT_ONE_SIDED", "ACT_TWO_SIDED", "ACT_IDENTITY",
            "layer_activations", "flop_reduction"]
 
 #: The strategy names, indexed by their integer code.
-STRATEGIES = ("dense", "gather", "union", "csr")
-DENSE, GATHER, UNION, CSR = range(len(STRATEGIES))
+STRATEGIES = ("dense", "gather", "union", "csr", "block")
+DENSE, GATHER, UNION, CSR, BLOCK = range(len(STRATEGIES))
+#: Examples per group of the ``block`` strategy (:data:`sparse_eoc.kernels.block.GROUP`).
+BLOCK_GROUP = 8
+#: The narrowest layer (N_out) that ``auto`` gives ``block``: one 16-float vector per example.
+BLOCK_MIN_COLUMNS = 16
 AUTO = -1
-#: The largest batch that :func:`choose_strategy` gives ``gather`` or ``dense`` only (``csr`` for a
-#: layer larger than ``CostModel.llc_bytes``), and that the numba engine splits, given more threads,
+#: The largest batch that :func:`choose_strategy` gives ``gather``, ``block`` or ``dense`` only (``csr``
+#: for a layer larger than ``CostModel.llc_bytes``), and that the numba engine splits, given more threads,
 #: whatever its work (a larger batch is split once it has ``PARALLEL_MIN_MACS`` of work, see
 #: ``sparse_eoc.infer.engine``) into parts of consecutive examples, each the fused kernel
 #: (:func:`sparse_eoc.infer.kernels.forward_fused`) on its own thread: per-example gathers
@@ -91,6 +102,7 @@ class CostModel:
         gather = gather_mac nnz w + mem |U| w + reread (nnz - |U|) w
         union  = (copy + mem + blas_mac B) |U| w
         csr    = csr_mac nnz w + mem |U| w
+        block  = block_mac lanes(B) |U| w + mem |U| w
 
     where ``reread = cached`` when the layer's W^T fits in ``cache_bytes`` (a row read
     again for another example is still in cache) and ``mem`` otherwise; for a small batch
@@ -110,6 +122,11 @@ class CostModel:
             ``csr`` rather than ``gather`` (its row blocks keep a shared row in cache while the
             examples take turns; each example's own gather re-reads it from memory: width 4096
             x 8 at batch 8, 14.1 ms against 16.8; at width 1024, W^T 4 MiB, the two are even).
+        block_mac: one multiply-add of the register-blocked ``block`` kernel, zeros included, > 0.
+            Its default puts the line between ``block`` and a small batch's ``gather`` where the
+            examples' nonzeros fill about 40 % of the group's 8 |U| slots (measured, s = 0.85, one
+            thread, interleaved with ONNX Runtime: width 300 x 100 at batches 2-16 and 1024 x 8
+            at 8 and 16 ran faster as ``block``, 1024 x 8 at batches 2 and 4 slower).
     """
 
     mem: float = 0.4
@@ -120,6 +137,7 @@ class CostModel:
     copy: float = 0.5
     cache_bytes: float = float(1 << 20)
     llc_bytes: float = float(1 << 24)
+    block_mac: float = 0.02
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -128,7 +146,7 @@ class CostModel:
                 raise ValueError(f"{f.name} must be a finite number > 0, got {f.name}={value!r}")
 
     def as_array(self) -> np.ndarray:
-        """The constants as float64 (8,), in field order (what :func:`choose_strategy` takes)."""
+        """The constants as float64 (9,), in field order (what :func:`choose_strategy` takes)."""
         return np.array(astuple(self), dtype=np.float64)
 
 
@@ -168,6 +186,19 @@ def layer_activations(activation: str, tau: float, m: float,
     return kinds, taus, ms, bias_shift
 
 
+def block_lanes(batch):
+    """The lanes (example slots) the ``block`` kernel runs for a batch of B >= 1 examples: groups
+    of BLOCK_GROUP, the last one rounded up to 1, 2, 4 or 8 (the group sizes it has kernels for,
+    ``sparse_eoc.kernels.block.group_lanes``). Works on ints and floats."""
+    full = batch // BLOCK_GROUP
+    rest = batch - full * BLOCK_GROUP
+    if rest > 4:
+        rest = BLOCK_GROUP
+    elif rest > 2:
+        rest = 4
+    return full * BLOCK_GROUP + rest
+
+
 def _cost(code, batch, n_in, n_out, nnz, n_union, c, rereads_cached=False):
     """Predicted time of strategy ``code`` (floats in, float out; the numba kernels compile it as it is).
 
@@ -181,6 +212,8 @@ def _cost(code, batch, n_in, n_out, nnz, n_union, c, rereads_cached=False):
         return (gather * nnz + mem * n_union + reread * (nnz - n_union)) * n_out
     if code == UNION:
         return (copy + mem + blas * batch) * n_union * n_out
+    if code == BLOCK:
+        return (c[8] * block_lanes(batch) + mem) * n_union * n_out
     return (csr * nnz + mem * n_union) * n_out
 
 
@@ -191,16 +224,18 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
         batch: examples B >= 1.  n_in, n_out: the layer's N_in and N_out.
         nnz: nonzero inputs over the batch, 0..B N_in.
         n_union: input units nonzero for at least one example, 0..N_in.
-        costs: :meth:`CostModel.as_array`, float64 (8,).
+        costs: :meth:`CostModel.as_array`, float64 (9,).
 
     Returns:
-        One of DENSE, GATHER, UNION, CSR; ties go to the earlier of gather, csr, union, dense
-        (the numba kernels compile this function, so both backends choose alike). Batch 1 is
-        always GATHER: with no batch to share rows across, every layer is a gather (for a fully dense input
-        that is the dense product as row updates). Up to :data:`SMALL_BATCH` examples the
-        choice is DENSE, or else GATHER (CSR where the layer's W^T exceeds ``llc_bytes``), with
-        re-read rows charged as cached (see :class:`CostModel`): per-example gathers measured
-        faster than ``union`` there, and than ``csr`` wherever the weights stay in cache.
+        One of DENSE, GATHER, UNION, CSR, BLOCK; ties go to the earlier of gather, block, csr,
+        union, dense (the numba kernels compile this function, so both backends choose alike).
+        Batch 1 is always GATHER: with no batch to share rows across, every layer is a gather
+        (for a fully dense input that is the dense product as row updates). Up to
+        :data:`SMALL_BATCH` examples: DENSE where it is cheaper than GATHER (re-read rows charged
+        as cached, see :class:`CostModel`), else the cheaper of GATHER (CSR for a layer whose W^T
+        exceeds ``llc_bytes``) and BLOCK (for N_out >= :data:`BLOCK_MIN_COLUMNS`). Per-example
+        gathers measured faster than ``union`` there, and than ``csr`` wherever the weights stay
+        in cache.
     """
     if batch == 1:
         return GATHER
@@ -208,10 +243,15 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
     if batch <= SMALL_BATCH:
         # The examples of a small batch read their rows one after another: a row another
         # example shares was read moments before and comes from cache.
-        gather_cost = _cost(GATHER, b, i, o, z, u, costs, True)
-        if _cost(DENSE, b, i, o, z, u, costs) < gather_cost:
+        fits = 4.0 * i * o <= costs[7]  # W^T within the last-level cache
+        if _cost(DENSE, b, i, o, z, u, costs) < _cost(GATHER, b, i, o, z, u, costs, True):
             return DENSE
-        return CSR if 4.0 * i * o > costs[7] else GATHER
+        best = GATHER if fits else CSR
+        if n_out >= BLOCK_MIN_COLUMNS:
+            best_cost = _cost(GATHER, b, i, o, z, u, costs, True) if fits else _cost(CSR, b, i, o, z, u, costs)
+            if _cost(BLOCK, b, i, o, z, u, costs) < best_cost:
+                best = BLOCK
+        return best
     best = GATHER
     best_cost = _cost(GATHER, b, i, o, z, u, costs)
     for code in (CSR, UNION, DENSE):

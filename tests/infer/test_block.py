@@ -1,0 +1,113 @@
+"""The register-blocked ``block`` kernel (sparse_eoc.kernels.block) against float64 products, and its choice."""
+
+import numpy as np
+import pytest
+
+from sparse_eoc.infer.engine import numba_available
+from sparse_eoc.infer.plan import BLOCK_MIN_COLUMNS, STRATEGIES, CostModel, choose_strategy
+
+pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not installed")
+
+
+def sparse_batch(rng, batch, n_in, density):
+    a = rng.standard_normal((batch, n_in)).astype(np.float32)
+    a[rng.random((batch, n_in)) > density] = 0.0
+    return a
+
+
+@pytest.mark.parametrize("n_in", [1, 15, 16, 37, 300])
+@pytest.mark.parametrize("n_out", [1, 10, 16, 17, 47, 300])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 8, 11])
+def test_block_rows_is_the_product_over_each_groups_union(n_in, n_out, batch):
+    """Every group of up to 8 examples, every column tile (full, the overlapping last one, a layer
+    narrower than a tile): y = bias + a W^T to float32 round-off, and nothing outside the rows of y."""
+    from sparse_eoc.kernels.block import GROUP, block_rows, group_inputs, group_lanes, group_union
+
+    rng = np.random.default_rng(n_in * 1000 + n_out * 10 + batch)
+    a = sparse_batch(rng, batch, n_in, 0.3)
+    wt = rng.standard_normal((n_in, n_out)).astype(np.float32)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    y = np.full((batch + 1, n_out), 7.0, np.float32)  # one row more: must stay untouched
+    rows, p = np.empty(n_in, np.int64), np.empty(GROUP * n_in, np.float32)
+    for g0 in range(0, batch, GROUP):
+        n_ex = min(GROUP, batch - g0)
+        nrows = group_union(a, g0, n_ex, True, rows)
+        assert list(rows[:nrows]) == list(np.flatnonzero((a[g0:g0 + n_ex] != 0).any(axis=0)))
+        lanes = group_lanes(n_ex)
+        group_inputs(a, g0, n_ex, lanes, rows, nrows, p)
+        block_rows(y, bias, wt, g0, n_ex, lanes, rows, nrows, p, 0, n_out)
+    ref = a.astype(np.float64) @ wt + bias
+    scale = np.abs(a).astype(np.float64) @ np.abs(wt) + np.abs(bias)  # bounds the round-off
+    assert np.all(np.abs(y[:batch] - ref) <= 1e-6 * (scale + 1))
+    assert np.all(y[batch] == 7.0)
+
+
+def test_block_rows_column_ranges_and_row_chunks_give_the_same_bits():
+    """Column ranges c0:c1 (one after another) and row chunks of any size give the bits of the whole
+    range in one go: each column's sum starts from its bias and adds the rows in order whatever the
+    tiling (a chunk after the first restarts from y; a last range narrower than 16 leaves the
+    columns before it as they were)."""
+    from sparse_eoc.kernels.block import GROUP, block_rows, group_inputs, group_lanes, group_union
+
+    rng = np.random.default_rng(3)
+    a = sparse_batch(rng, 8, 200, 0.2)
+    wt = rng.standard_normal((200, 300)).astype(np.float32)
+    bias = rng.standard_normal(300).astype(np.float32)
+    rows, p = np.empty(200, np.int64), np.empty(GROUP * 200, np.float32)
+    for n_ex in (1, 2, 3, 8):
+        lanes = group_lanes(n_ex)
+        nrows = group_union(a, 0, n_ex, True, rows)
+        group_inputs(a, 0, n_ex, lanes, rows, nrows, p)
+        whole = np.empty((8, 300), np.float32)
+        block_rows(whole, bias, wt, 0, n_ex, lanes, rows, nrows, p, 0, 300)
+        for cuts in ([0, 160, 300], [0, 16, 32, 250, 300], [0, 144, 288, 300], [0, 290, 300]):
+            for chunk in (0, 1, 3, 8, 1000):
+                tiled = np.empty((8, 300), np.float32)
+                for c0, c1 in zip(cuts, cuts[1:]):
+                    block_rows(tiled, bias, wt, 0, n_ex, lanes, rows, nrows, p, c0, c1, chunk)
+                np.testing.assert_array_equal(tiled[:n_ex], whole[:n_ex])
+
+
+def test_group_union_keeps_nan_and_drops_negative_zero():
+    from sparse_eoc.kernels.block import group_union
+
+    a = np.zeros((3, 40), np.float32)
+    a[0, 3], a[1, 20], a[2, 39], a[1, 5] = np.nan, 1.0, -2.0, -0.0
+    rows = np.empty(40, np.int64)
+    n = group_union(a, 0, 3, True, rows)
+    assert list(rows[:n]) == [3, 20, 39]
+    assert group_union(a, 1, 1, True, rows) == 1 and rows[0] == 20
+    assert group_union(a, 0, 3, False, rows) == 40 and list(rows[:40]) == list(range(40))
+
+
+def test_auto_chooses_block_where_the_group_shares_its_rows():
+    """Small batch: block once the examples' nonzeros fill enough of the group's 8 |U| slots, else gather
+    (csr for a layer larger than the last-level cache); never block for N_out < 16, at batch 1 or above
+    SMALL_BATCH."""
+    costs = CostModel().as_array()
+    n = 1024
+    nnz = int(0.15 * 8 * n)
+    assert STRATEGIES[choose_strategy(8, n, n, nnz, int(0.2 * n), costs)] == "block"  # fill 0.75
+    assert STRATEGIES[choose_strategy(8, n, n, nnz, int(0.8 * n), costs)] == "gather"  # fill 0.19
+    assert STRATEGIES[choose_strategy(8, n, BLOCK_MIN_COLUMNS - 1, nnz, int(0.2 * n), costs)] == "gather"
+    assert STRATEGIES[choose_strategy(1, n, n, int(0.15 * n), int(0.15 * n), costs)] == "gather"
+    big = 4096  # W^T 64 MiB > llc_bytes
+    assert STRATEGIES[choose_strategy(8, big, big, int(0.15 * 8 * big), int(0.27 * big), costs)] == "block"
+    assert STRATEGIES[choose_strategy(8, big, big, int(0.15 * 8 * big), int(0.8 * big), costs)] == "csr"
+    assert STRATEGIES[choose_strategy(64, n, n, int(0.15 * 64 * n), int(0.2 * n), costs)] != "block"
+    cheap = CostModel(block_mac=0.001).as_array()  # the constant moves the line
+    assert STRATEGIES[choose_strategy(8, n, n, nnz, int(0.8 * n), cheap)] == "block"
+    with pytest.raises(ValueError, match="block_mac must be a finite number > 0"):
+        CostModel(block_mac=-1.0)
+
+
+def test_the_cost_models_lanes_are_the_kernels():
+    """plan.block_lanes (NumPy only) counts the example slots the kernels run: groups of 8, the last
+    group the smallest of 1, 2, 4, 8 that holds it (kernels.block.group_lanes)."""
+    from sparse_eoc.infer.plan import block_lanes
+    from sparse_eoc.kernels.block import GROUP, LANES, group_lanes
+
+    for n in range(1, GROUP + 1):
+        assert group_lanes(n) in LANES and group_lanes(n) >= n
+        assert group_lanes(n) == block_lanes(n) == block_lanes(float(n))
+    assert [block_lanes(b) for b in (9, 11, 13, 16, 17)] == [9, 12, 16, 16, 17]
