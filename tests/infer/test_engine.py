@@ -305,14 +305,16 @@ def test_two_threads_give_the_same_logits(strategy):
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
-@pytest.mark.parametrize("strategy", ["auto", "gather", "dense"])
-def test_the_fused_kernel_at_batch_1_equals_the_per_layer_kernels_on_two_threads(monkeypatch, strategy):
+@pytest.mark.parametrize(("strategy", "width"), [("auto", 300), ("gather", 300), ("dense", 300), ("block", 300),
+                                               ("block", 20), ("block", 40)])
+def test_the_fused_kernel_at_batch_1_equals_the_per_layer_kernels_on_two_threads(monkeypatch, strategy, width):
     """Two threads on a small network run batch 1 as the fused kernel on one; forced onto two threads of
-    per-layer kernels (the rule's threshold at 0), the logits and statistics are the same bits."""
+    per-layer kernels (the rule's threshold at 0), the logits and statistics are the same bits (block at
+    widths 20 and 40: the second column tile is narrower than 16 columns)."""
     from sparse_eoc.infer import engine as engine_module
     from sparse_eoc.infer import kernels
 
-    model = eoc_mlp("cst", width=300, depth=3)
+    model = eoc_mlp("cst", width=width, depth=3)
     x = images(1, seed=11)
     two = SparseEngine.from_model(model, input_offset=BACKGROUND, strategy=strategy, threads=2)
     ran = []

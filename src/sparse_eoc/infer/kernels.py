@@ -235,14 +235,25 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
         p = np.empty((n_groups, GROUP * n_in), np.float32)
         sizes = _block_groups(a, skip, rows, p)
         y = np.empty((batch, n_out), np.float32)
-        # On the calling thread, the whole width: a tile narrower than 16 columns reads and writes
-        # back some of the tile before it (sparse_eoc.kernels.block.block_rows), which another
-        # thread's tile could be writing (batch 1 is the only batch this driver runs on threads,
-        # and auto never gives it block).
-        macs = _block_columns(y, bias, wt, rows, p, sizes, 0, n_out)
-        for b in range(batch):
-            for c in range(n_out):
-                y[b, c] = _act(y[b, c], kind, tau, m)
+        # Column tiles across the threads; a tile narrower than 16 columns (other than the first)
+        # reads and writes back some of the tile before it (sparse_eoc.kernels.block.block_rows),
+        # so those run after the others, on the calling thread.
+        for t in prange(ntiles):
+            c0, c1 = split_columns(n_out, ntiles, t)
+            if c1 - c0 >= 16 or c0 == 0:
+                _block_columns(y, bias, wt, rows, p, sizes, c0, c1)
+        for t in range(ntiles):
+            c0, c1 = split_columns(n_out, ntiles, t)
+            if c1 - c0 < 16 and c0 > 0:
+                _block_columns(y, bias, wt, rows, p, sizes, c0, c1)
+        for t in prange(ntiles):
+            c0, c1 = split_columns(n_out, ntiles, t)
+            for b in range(batch):
+                for c in range(c0, c1):
+                    y[b, c] = _act(y[b, c], kind, tau, m)
+        macs = 0
+        for g in range(n_groups):
+            macs += min(GROUP, batch - g * GROUP) * sizes[g] * n_out
     else:
         indptr, idx, vals = to_csr(a, counts, skip)
         y = np.empty((batch, n_out), np.float32)
