@@ -82,8 +82,8 @@ def test_group_union_keeps_nan_and_drops_negative_zero():
 
 def test_auto_chooses_block_where_the_group_shares_its_rows():
     """Small batch: block once the examples' nonzeros fill enough of the group's 8 |U| slots, else gather
-    (csr for a layer larger than the last-level cache); never block for N_out < 16, at batch 1 or above
-    SMALL_BATCH."""
+    (csr for a layer larger than the last-level cache); never block for N_out < 16 or at batch 1; larger
+    batches weigh it against the others with the groups' unions."""
     costs = CostModel().as_array()
     n = 1024
     nnz = int(0.15 * 8 * n)
@@ -94,7 +94,11 @@ def test_auto_chooses_block_where_the_group_shares_its_rows():
     big = 4096  # W^T 64 MiB > llc_bytes
     assert STRATEGIES[choose_strategy(8, big, big, int(0.15 * 8 * big), int(0.27 * big), costs)] == "block"
     assert STRATEGIES[choose_strategy(8, big, big, int(0.15 * 8 * big), int(0.8 * big), costs)] == "csr"
-    assert STRATEGIES[choose_strategy(64, n, n, int(0.15 * 64 * n), int(0.2 * n), costs)] != "block"
+    # batch 64, as measured at s = 0.85 (union of the batch; each group of 8's union): block where the
+    # weights fit the last-level cache, csr where each group would read its rows from memory again
+    assert STRATEGIES[choose_strategy(64, 300, 300, int(0.15 * 64 * 300), 60, costs, 8 * 54)] == "block"
+    assert STRATEGIES[choose_strategy(64, big, big, int(0.15 * 64 * big), int(0.38 * big), costs,
+                                      8 * int(0.27 * big))] == "csr"
     cheap = CostModel(block_mac=0.001).as_array()  # the constant moves the line
     assert STRATEGIES[choose_strategy(8, n, n, nnz, int(0.8 * n), cheap)] == "block"
     with pytest.raises(ValueError, match="block_mac must be a finite number > 0"):

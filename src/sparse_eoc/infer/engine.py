@@ -39,9 +39,9 @@ import scipy.sparse
 
 from sparse_eoc.activations import get_activation
 from sparse_eoc.checks import check_int
-from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, BLOCK, BLOCK_GROUP, CSR, DENSE, GATHER,
-                                   SMALL_BATCH, STRATEGIES, UNION, CostModel, choose_strategy, flop_reduction, layer_activations,
-                                   strategy_code)
+from sparse_eoc.infer.plan import (ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, BLOCK, BLOCK_GROUP, BLOCK_MIN_COLUMNS, CSR,
+                                   DENSE, GATHER, SMALL_BATCH, STRATEGIES, UNION, CostModel, choose_strategy,
+                                   flop_reduction, layer_activations, strategy_code)
 
 __all__ = ["SparseEngine", "EngineStats", "BACKENDS", "PARALLEL_MIN_MACS", "SMALL_PARALLEL_MIN_MACS", "numba_available",
            "zero_pixel_offset"]
@@ -570,7 +570,11 @@ class SparseEngine:
             n_union = int(in_union.sum())
             s = int(self._codes[layer])
             if s == AUTO:
-                s = choose_strategy(batch, n_in, n_out, nnz, n_union, self._costs)
+                # the sum of the block groups' measured unions (kernels: _group_unions), where weighed
+                unions = 0
+                if batch > 1 and n_out >= BLOCK_MIN_COLUMNS:
+                    unions = sum(int(nonzero[g:g + BLOCK_GROUP].any(axis=0).sum()) for g in range(0, batch, BLOCK_GROUP))
+                s = choose_strategy(batch, n_in, n_out, nnz, n_union, self._costs, unions)
             if not skip:
                 nonzero[:] = True
                 in_union[:] = True

@@ -43,8 +43,8 @@ from numba.extending import register_jitable
 from sparse_eoc.kernels.block import GROUP, block_rows, group_inputs, group_lanes, group_union
 from sparse_eoc.kernels.rows import (PRANGE_ONLY, compact_row, csr_rows_tile, csr_tiling, gather_rows_tile, split_columns,
                                      to_csr)
-from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, BLOCK, CSR, DENSE, GATHER, UNION,
-                                   _cost, block_lanes, choose_strategy)
+from sparse_eoc.infer.plan import (ACT_IDENTITY, ACT_ONE_SIDED, ACT_TWO_SIDED, AUTO, BLOCK, BLOCK_MIN_COLUMNS, CSR,
+                                   DENSE, GATHER, UNION, _cost, block_lanes, choose_strategy)
 
 __all__ = ["forward_fused", "forward_serial", "forward_parallel"]
 
@@ -148,20 +148,28 @@ def _union_tile(y, a_u, wt, rows, c0, c1):
 
 
 @njit(cache=True)
-def _block_groups(a, skip, rows, p):
-    """The groups of the ``block`` strategy: each group's union (:func:`group_union`) into ``rows``
-    (G, N_in) int64 and its inputs (:func:`group_inputs`) into ``p`` (G, GROUP N_in) float32, G =
-    ceil(B / GROUP), the last group's inputs for :func:`sparse_eoc.kernels.block.group_lanes` of its
-    examples; returns the union sizes (G,)."""
+def _group_unions(a, skip, rows, sizes):
+    """The unions of the ``block`` strategy's groups of GROUP consecutive examples of ``a`` (B, N_in)
+    (:func:`sparse_eoc.kernels.block.group_union`): group g's into ``rows[g]`` ((G, N_in) int64),
+    its size into ``sizes[g]`` (G,), G = ceil(B / GROUP); returns their sum R."""
     batch = a.shape[0]
-    n_groups = (batch + GROUP - 1) // GROUP
-    sizes = np.empty(n_groups, np.int64)
-    for g in range(n_groups):
+    total = 0
+    for g in range((batch + GROUP - 1) // GROUP):
+        g0 = g * GROUP
+        sizes[g] = group_union(a, g0, min(GROUP, batch - g0), skip, rows[g])
+        total += sizes[g]
+    return total
+
+
+@njit(cache=True)
+def _group_inputs(a, rows, sizes, p):
+    """Each group's inputs at its union into ``p[g]`` ((G, GROUP N_in) float32), for
+    :func:`sparse_eoc.kernels.block.group_lanes` of its examples."""
+    batch = a.shape[0]
+    for g in range((batch + GROUP - 1) // GROUP):
         g0 = g * GROUP
         n_ex = min(GROUP, batch - g0)
-        sizes[g] = group_union(a, g0, n_ex, skip, rows[g])
         group_inputs(a, g0, n_ex, group_lanes(n_ex), rows[g], sizes[g], p[g])
-    return sizes
 
 
 @njit(cache=True)
@@ -207,8 +215,14 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
     for j in range(n_in):
         n_union += mark[j]
     s = strategy
+    n_groups = (batch + GROUP - 1) // GROUP
+    rows_g = np.empty((n_groups, n_in), np.int64)  # block: each group's union, sizes and inputs
+    sizes = np.zeros(n_groups, np.int64)
+    unions = 0  # the sum of the block groups' measured unions, where block is run or weighed
+    if s == BLOCK or (s == AUTO and batch > 1 and n_out >= BLOCK_MIN_COLUMNS):
+        unions = _group_unions(a, True, rows_g, sizes)
     if s == AUTO:
-        s = choose_strategy(batch, n_in, n_out, nnz, n_union, costs)
+        s = choose_strategy(batch, n_in, n_out, nnz, n_union, costs, unions)
     if s == DENSE:
         y = np.dot(a, wt)  # (B, N_out), BLAS, on this thread (SparseEngine: _blas_on_caller)
         for t in prange(ntiles):
@@ -230,10 +244,10 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
             _bias_act_tile(y, bias, c0, c1, kind, tau, m)
         macs = batch * n_rows * n_out
     elif s == BLOCK:
-        n_groups = (batch + GROUP - 1) // GROUP
-        rows = np.empty((n_groups, n_in), np.int64)
         p = np.empty((n_groups, GROUP * n_in), np.float32)
-        sizes = _block_groups(a, skip, rows, p)
+        if not skip:  # the dense-own baseline: every row
+            _group_unions(a, False, rows_g, sizes)
+        _group_inputs(a, rows_g, sizes, p)
         y = np.empty((batch, n_out), np.float32)
         # Column tiles across the threads; a tile narrower than 16 columns (other than the first)
         # reads and writes back some of the tile before it (sparse_eoc.kernels.block.block_rows),
@@ -241,11 +255,11 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
         for t in prange(ntiles):
             c0, c1 = split_columns(n_out, ntiles, t)
             if c1 - c0 >= 16 or c0 == 0:
-                _block_columns(y, bias, wt, rows, p, sizes, c0, c1)
+                _block_columns(y, bias, wt, rows_g, p, sizes, c0, c1)
         for t in range(ntiles):
             c0, c1 = split_columns(n_out, ntiles, t)
             if c1 - c0 < 16 and c0 > 0:
-                _block_columns(y, bias, wt, rows, p, sizes, c0, c1)
+                _block_columns(y, bias, wt, rows_g, p, sizes, c0, c1)
         for t in prange(ntiles):
             c0, c1 = split_columns(n_out, ntiles, t)
             for b in range(batch):
@@ -372,7 +386,8 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
     indptr = np.empty(batch + 1, np.int64)
     mark = np.zeros(width, np.bool_)
     n_groups = (batch + GROUP - 1) // GROUP
-    group_rows = np.empty((n_groups, width), np.int64)  # the block strategy's unions and inputs
+    group_rows = np.empty((n_groups, width), np.int64)  # the block strategy's unions, sizes and inputs
+    group_sizes = np.zeros(n_groups, np.int64)
     group_p = np.empty((n_groups, GROUP * width), np.float32)
     n_in = x.shape[1]
     a = bufs[0, :batch * n_in].reshape(batch, n_in)
@@ -387,8 +402,11 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
         bias = biases[layer]
         y = bufs[(layer + 1) % 2, :batch * n_out].reshape(batch, n_out)
         s = strategies[layer]
+        unions = 0  # the sum of the block groups' measured unions, where block is run or weighed
+        if s == BLOCK or (s == AUTO and batch > 1 and n_out >= BLOCK_MIN_COLUMNS):
+            unions = _group_unions(a, True, group_rows, group_sizes)
         if s == AUTO:
-            s = choose_strategy(batch, n_in, n_out, nnz, n_union, costs)
+            s = choose_strategy(batch, n_in, n_out, nnz, n_union, costs, unions)
         if s == DENSE:
             y[:, :] = np.dot(a, wt)  # (B, N_out), BLAS, on this thread (SparseEngine: _blas_on_caller)
             macs = batch * n_in * n_out
@@ -401,8 +419,10 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
                 _union_tile(y, a_u, wt, rows, c0, c1)
             macs = batch * n_rows * n_out
         elif s == BLOCK:
-            sizes = _block_groups(a, skip, group_rows, group_p)
-            macs = _block_columns(y, bias, wt, group_rows, group_p, sizes, 0, n_out)
+            if not skip:  # the dense-own baseline: every row
+                _group_unions(a, False, group_rows, group_sizes)
+            _group_inputs(a, group_rows, group_sizes, group_p)
+            macs = _block_columns(y, bias, wt, group_rows, group_p, group_sizes, 0, n_out)
         else:
             if not listing:
                 _compact_csr(a, skip, indptr, idx, vals)

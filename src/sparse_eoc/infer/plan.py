@@ -102,13 +102,15 @@ class CostModel:
         gather = gather_mac nnz w + mem |U| w + reread (nnz - |U|) w
         union  = (copy + mem + blas_mac B) |U| w
         csr    = csr_mac nnz w + mem |U| w
-        block  = block_mac lanes(B) |U| w + mem |U| w
+        block  = block_mac lanes(B) / G R w + mem |U| w + reread' (R - |U|) w
 
     where ``reread = cached`` when the layer's W^T fits in ``cache_bytes`` (a row read
     again for another example is still in cache) and ``mem`` otherwise; for a small batch
-    (at most :data:`SMALL_BATCH` examples, where only gather and dense compete) always
-    ``cached``: its examples read their rows one after another, so a shared row was read
-    moments before (for a large layer it comes from L3 rather than L2, still not from memory).
+    (at most :data:`SMALL_BATCH` examples) always ``cached``: its examples read their rows one
+    after another, so a shared row was read moments before (for a large layer it comes from L3
+    rather than L2, still not from memory). For ``block``, G = ceil(B / 8) groups, R the sum of
+    the groups' unions (each group reads its own) and ``reread'`` = ``cached`` when W^T fits in
+    ``llc_bytes``, else ``mem``.
 
     Attributes:
         mem: reading one float32 weight from main memory, > 0.
@@ -199,10 +201,12 @@ def block_lanes(batch):
     return full * BLOCK_GROUP + rest
 
 
-def _cost(code, batch, n_in, n_out, nnz, n_union, c, rereads_cached=False):
+def _cost(code, batch, n_in, n_out, nnz, n_union, c, rereads_cached=False, group_rows=0.0):
     """Predicted time of strategy ``code`` (floats in, float out; the numba kernels compile it as it is).
 
     ``rereads_cached``: a gather's re-read rows cost ``cached`` whatever the layer's size (a small batch).
+    ``group_rows``: for BLOCK, the sum over its groups of each group's union, R (<= 0: the upper
+    bound ceil(B / 8) |U|).
     """
     mem, cached, blas, gather, csr, copy, cache_bytes = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
     if code == DENSE:
@@ -213,11 +217,16 @@ def _cost(code, batch, n_in, n_out, nnz, n_union, c, rereads_cached=False):
     if code == UNION:
         return (copy + mem + blas * batch) * n_union * n_out
     if code == BLOCK:
-        return (c[8] * block_lanes(batch) + mem) * n_union * n_out
+        # Each group reads its own union's rows: once from memory, again from the last-level
+        # cache for later groups where W^T fits there; lanes(B) / groups slots per row.
+        groups = (batch + BLOCK_GROUP - 1) // BLOCK_GROUP
+        rows = group_rows if group_rows > 0 else groups * n_union
+        reread = cached if 4.0 * n_in * n_out <= c[7] else mem
+        return (c[8] * block_lanes(batch) / groups * rows + mem * n_union + reread * (rows - n_union)) * n_out
     return (csr * nnz + mem * n_union) * n_out
 
 
-def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
+def choose_strategy(batch, n_in, n_out, nnz, n_union, costs, group_rows=0):
     """The code of the cheapest strategy for one layer under the cost model.
 
     Args:
@@ -225,6 +234,9 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
         nnz: nonzero inputs over the batch, 0..B N_in.
         n_union: input units nonzero for at least one example, 0..N_in.
         costs: :meth:`CostModel.as_array`, float64 (9,).
+        group_rows: the sum of the unions of the batch's groups of :data:`BLOCK_GROUP` consecutive
+            examples (what ``block`` reads), |U| .. ceil(B / 8) |U|; 0 (default): not measured,
+            the upper bound ceil(B / 8) |U| is used.
 
     Returns:
         One of DENSE, GATHER, UNION, CSR, BLOCK; ties go to the earlier of gather, block, csr,
@@ -233,13 +245,14 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
         (for a fully dense input that is the dense product as row updates). Up to
         :data:`SMALL_BATCH` examples: DENSE where it is cheaper than GATHER (re-read rows charged
         as cached, see :class:`CostModel`), else the cheaper of GATHER (CSR for a layer whose W^T
-        exceeds ``llc_bytes``) and BLOCK (for N_out >= :data:`BLOCK_MIN_COLUMNS`). Per-example
-        gathers measured faster than ``union`` there, and than ``csr`` wherever the weights stay
-        in cache.
+        exceeds ``llc_bytes``) and BLOCK. Per-example gathers measured faster than ``union``
+        there, and than ``csr`` wherever the weights stay in cache. Larger batches: the cheapest
+        of all five. BLOCK needs N_out >= :data:`BLOCK_MIN_COLUMNS`.
     """
     if batch == 1:
         return GATHER
-    b, i, o, z, u = float(batch), float(n_in), float(n_out), float(nnz), float(n_union)
+    b, i, o, z, u, r = float(batch), float(n_in), float(n_out), float(nnz), float(n_union), float(group_rows)
+    can_block = n_out >= BLOCK_MIN_COLUMNS
     if batch <= SMALL_BATCH:
         # The examples of a small batch read their rows one after another: a row another
         # example shares was read moments before and comes from cache.
@@ -247,15 +260,17 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs):
         if _cost(DENSE, b, i, o, z, u, costs) < _cost(GATHER, b, i, o, z, u, costs, True):
             return DENSE
         best = GATHER if fits else CSR
-        if n_out >= BLOCK_MIN_COLUMNS:
+        if can_block:
             best_cost = _cost(GATHER, b, i, o, z, u, costs, True) if fits else _cost(CSR, b, i, o, z, u, costs)
-            if _cost(BLOCK, b, i, o, z, u, costs) < best_cost:
+            if _cost(BLOCK, b, i, o, z, u, costs, False, r) < best_cost:
                 best = BLOCK
         return best
     best = GATHER
     best_cost = _cost(GATHER, b, i, o, z, u, costs)
-    for code in (CSR, UNION, DENSE):
-        cost = _cost(code, b, i, o, z, u, costs)
+    for code in (BLOCK, CSR, UNION, DENSE):
+        if code == BLOCK and not can_block:
+            continue
+        cost = _cost(code, b, i, o, z, u, costs, False, r)
         if cost < best_cost:
             best, best_cost = code, cost
     return best
