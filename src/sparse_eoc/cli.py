@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="examples per call (default 1)")
     p.add_argument("--strategy", choices=ALL_STRATEGY_CHOICES, default="auto",
                    help="how each layer skips zeros (default auto: chosen per layer by a cost model); "
-                        "MLP: dense, gather, union, csr; CNN: dense, sparse")
+                        "MLP: dense, gather, union, csr, block; CNN: dense, sparse")
     p.add_argument("--threads", type=int, default=1, help="engine and torch threads (default 1)")
     p.add_argument("--backend", choices=ENGINE_BACKENDS, default="auto",
                    help="auto (numba when installed; pip install 'numba>=0.60'), numba or numpy")
@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20, help="timed repeats per row, median (default 20)")
     p.add_argument("--threads", type=int, default=1, help="engine and torch threads (default 1)")
     p.add_argument("--strategy", choices=ALL_STRATEGY_CHOICES, default="auto",
-                   help="engine strategy (default auto; MLP: dense, gather, union, csr; CNN: dense, sparse)")
+                   help="engine strategy (default auto; MLP: dense, gather, union, csr, block; CNN: dense, sparse)")
     p.add_argument("--backend", choices=ENGINE_BACKENDS, default="auto", help="engine backend")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     p.add_argument("--cache", choices=CACHE_PROTOCOLS, default="warm",

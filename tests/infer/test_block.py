@@ -108,10 +108,48 @@ def test_auto_chooses_block_where_the_group_shares_its_rows():
 def test_the_cost_models_lanes_are_the_kernels():
     """plan.block_lanes (NumPy only) counts the example slots the kernels run: groups of 8, the last
     group the smallest of 1, 2, 4, 8 that holds it (kernels.block.group_lanes)."""
-    from sparse_eoc.infer.plan import block_lanes
-    from sparse_eoc.kernels.block import GROUP, LANES, group_lanes
+    from sparse_eoc.infer.plan import BLOCK_GROUP, block_lanes
+    from sparse_eoc.kernels.block import BLOCK_COLUMNS, GROUP, LANES, group_lanes
+
+    assert (GROUP, BLOCK_COLUMNS) == (BLOCK_GROUP, BLOCK_MIN_COLUMNS)  # plan.py has no numba: its own copies
 
     for n in range(1, GROUP + 1):
         assert group_lanes(n) in LANES and group_lanes(n) >= n
         assert group_lanes(n) == block_lanes(n) == block_lanes(float(n))
     assert [block_lanes(b) for b in (9, 11, 13, 16, 17)] == [9, 12, 16, 16, 17]
+
+
+@pytest.mark.parametrize(("c0", "c1"), [(0, 10), (4, 10), (20, 28), (0, 16), (3, 32), (17, 31)])
+def test_block_rows_writes_only_its_columns(c0, c1):
+    """A column range narrower than a tile, or not on a multiple of 16, writes y[:, c0:c1] and nothing
+    else (the last 16-column tile keeps the columns outside the range as they were)."""
+    from sparse_eoc.kernels.block import GROUP, block_rows, group_inputs, group_lanes, group_union
+
+    rng = np.random.default_rng(c0 * 100 + c1)
+    a = sparse_batch(rng, 5, 40, 0.3)
+    wt = rng.standard_normal((40, 32)).astype(np.float32)
+    bias = rng.standard_normal(32).astype(np.float32)
+    rows, p = np.empty(40, np.int64), np.empty(GROUP * 40, np.float32)
+    nrows = group_union(a, 0, 5, True, rows)
+    group_inputs(a, 0, 5, group_lanes(5), rows, nrows, p)
+    for chunk in (0, 2):
+        y = np.full((5, 32), 7.0, np.float32)
+        block_rows(y, bias, wt, 0, 5, group_lanes(5), rows, nrows, p, c0, c1, chunk)
+        outside = np.ones(32, bool)
+        outside[c0:c1] = False
+        assert np.all(y[:, outside] == 7.0)
+        ref = a.astype(np.float64) @ wt + bias
+        np.testing.assert_allclose(y[:, c0:c1], ref[:, c0:c1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_tile_kernel_takes_contiguous_int64_rows_only():
+    """The kernel reads ``rows`` through its data pointer: a strided or int32 array is a typing error."""
+    from numba.core.errors import TypingError
+
+    from sparse_eoc.kernels.block import block_rows
+
+    y, wt, bias = np.zeros((1, 32), np.float32), np.ones((8, 32), np.float32), np.zeros(32, np.float32)
+    p = np.ones(8 * 8, np.float32)
+    for rows in (np.arange(16, dtype=np.int64)[::2], np.arange(8, dtype=np.int32)):
+        with pytest.raises(TypingError, match="rows must be a contiguous 1-D int64 array"):
+            block_rows(y, bias, wt, 0, 1, 1, rows, 8, p, 0, 32)

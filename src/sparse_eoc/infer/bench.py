@@ -142,17 +142,19 @@ def memory_needed(width: int, depth: int, batch: int, *, input_dim: int = 784, n
 
     The network's float32 weights and biases ``copies`` times (2: the torch model and the
     engine's W^T copy; the ``ort`` baseline adds its ONNX file's and its session's), plus a
-    batch's inputs (this repeat's and the previous one's, (B, input_dim) each) and seven float32
-    (B, width) arrays' worth of activations: torch's layer output, the engine's two activation
-    buffers, its nonzero lists (int64 units and float32 values, room for every entry) and the
-    ``block`` strategy's group inputs (float32) and unions (int64 per group of eight).
+    batch's inputs (this repeat's and the previous one's, (B, input_dim) each), six float32
+    (B, width) arrays' worth of activations (torch's layer output, the engine's two activation
+    buffers, its nonzero lists: int64 units and float32 values, room for every entry) and the
+    ``block`` strategy's buffers, per group of eight examples 8 width float32 inputs and width
+    int64 units.
 
     Args:
         width: N, >= 1.  depth: hidden layers L, >= 1.  batch: B, >= 1.
         input_dim, num_classes: the data's (MNIST: 784 and 10).  copies: of the weights, >= 1.
     """
     params = (input_dim + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * num_classes
-    return 4 * (copies * params + batch * (2 * input_dim + 7 * max(width, num_classes)))
+    groups = -(-batch // 8)
+    return 4 * (copies * params + batch * (2 * input_dim + 6 * max(width, num_classes)) + 10 * groups * width)
 
 
 def check_memory(widths: Sequence[int], depth: int | None, batches: Sequence[int], *,

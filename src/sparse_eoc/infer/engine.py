@@ -186,7 +186,8 @@ class EngineStats:
         union: input units nonzero for at least one example of the batch (of a call split
             across threads, see ``threads`` of :class:`SparseEngine`: the largest part's union,
             a lower bound).
-        macs: multiply-adds done.
+        macs: multiply-adds done (``block``: examples x each group's union x N_out, the zeros of a
+            group's union included, not the padding of a last group of fewer than 8).
         skip_zeros: False for the dense-own baseline (zeros multiplied, not skipped).
     """
 
@@ -260,8 +261,9 @@ class SparseEngine:
             logits are the same bits as on one thread wherever each part chooses its layers'
             strategies as the whole batch does and runs no ``union`` or ``dense`` layer (a
             ``gather`` layer computes each example on its own, so always for
-            ``strategy="gather"``; a ``block`` layer adds exact zeros (finite weights) for the rows of its group's
-            union that an example does not need, so the grouping does not change the bits; a
+            ``strategy="gather"``; a ``block`` layer adds exact zeros (finite weights) for the rows of
+            its group's union that an example does not need, so the grouping does not change the
+            bits, up to the sign of a zero; a
             ``csr`` layer adds each example's rows in blocks that do not
             depend on the batch size while B <= ``tile_bytes`` / (4 N_out), at the default 128
             examples at width 4096, see ``sparse_eoc.kernels.rows.csr_tiling``); a

@@ -51,7 +51,8 @@ __all__ = ["forward_fused", "forward_serial", "forward_parallel"]
 # The cost model and the strategy choice are written once, in plan.py (the NumPy backend calls
 # them there); registered here, numba compiles those same functions into _layer and forward_fused,
 # constants included (SMALL_BATCH). numba's disk cache checks only this file's timestamp: after
-# editing any of them in plan.py, touch this file.
+# editing any of them in plan.py, or the block kernel's intrinsics in sparse_eoc.kernels.block
+# (inlined here), touch this file.
 register_jitable(block_lanes)
 register_jitable(_cost)
 register_jitable(choose_strategy)
@@ -195,9 +196,10 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
             float32 tau and m.
         strategy: a strategy code, or AUTO (chosen here from the measured nnz and union).
         skip: skip zero inputs (False: the same kernels with every input treated as nonzero).
-        costs: the cost model (8,) float64.  ntiles: column tiles of dense/gather (= threads).
+        costs: the cost model (9,) float64.  ntiles: column tiles of dense, gather and block (= threads).
         tile_bytes: cache share of each csr tile (see :func:`_csr_tiling`).
-        stats_row: (4,) int64, filled with (strategy, nnz, |union|, multiply-adds done).
+        stats_row: (4,) int64, filled with (strategy, nnz, |union|, multiply-adds done; block: examples x
+            each group's union x N_out).
     """
     batch, n_in = a.shape
     n_out = wt.shape[1]

@@ -25,10 +25,11 @@ Strategies (all exact; they differ only in the order of float32 additions):
   rate of the vector unit rather than the rate weights come from cache. Best for small batches
   whose examples share most of their rows.
 
-``auto`` picks per layer and per call, from the measured nnz and |U|, the strategy with
-the lowest predicted time under :class:`CostModel`; at batch 1 it is always ``gather``, and up
-to :data:`SMALL_BATCH` examples ``block``, ``gather`` (``csr`` for a layer larger than the
-last-level cache) or ``dense`` (see :func:`choose_strategy`).
+``auto`` picks per layer and per call, from the measured nnz, |U| and the unions of the
+``block`` groups, the strategy with the lowest predicted time under :class:`CostModel`; at
+batch 1 it is always ``gather``, and up to :data:`SMALL_BATCH` examples ``dense`` where it is
+cheaper than ``gather``, else the cheaper of ``gather`` (``csr`` for a layer larger than the
+last-level cache) and ``block`` (see :func:`choose_strategy`).
 
 The activation after each layer is coded as one of ``ACT_ONE_SIDED`` (relu_tau, crelu: the
 threshold folded into the bias, then min(max(v, 0), m)), ``ACT_TWO_SIDED`` (st_tau, cst:
@@ -125,10 +126,11 @@ class CostModel:
             examples take turns; each example's own gather re-reads it from memory: width 4096
             x 8 at batch 8, 14.1 ms against 16.8; at width 1024, W^T 4 MiB, the two are even).
         block_mac: one multiply-add of the register-blocked ``block`` kernel, zeros included, > 0.
-            Its default puts the line between ``block`` and a small batch's ``gather`` where the
-            examples' nonzeros fill about 40 % of the group's 8 |U| slots (measured, s = 0.85, one
-            thread, interleaved with ONNX Runtime: width 300 x 100 at batches 2-16 and 1024 x 8
-            at 8 and 16 ran faster as ``block``, 1024 x 8 at batches 2 and 4 slower).
+            Calibrated at s = 0.85, one thread, interleaved with ONNX Runtime: ``block`` ran
+            faster than gathers at batches 4-16 at widths 300, 1024 and 4096 (4096 x 8 at batch
+            8: 10.0-10.7 ms against 16.0-16.4, and 13.6-13.9 for csr) and than ``union``/``csr``
+            at width 300 and batch 64 (4.1-4.4 ms against 5.3-6.6); its line against a small
+            batch's gather falls where the nonzeros fill about 30 % of the group's 8 |U| slots.
     """
 
     mem: float = 0.4
@@ -259,12 +261,12 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs, group_rows=0):
         fits = 4.0 * i * o <= costs[7]  # W^T within the last-level cache
         if _cost(DENSE, b, i, o, z, u, costs) < _cost(GATHER, b, i, o, z, u, costs, True):
             return DENSE
-        best = GATHER if fits else CSR
-        if can_block:
-            best_cost = _cost(GATHER, b, i, o, z, u, costs, True) if fits else _cost(CSR, b, i, o, z, u, costs)
-            if _cost(BLOCK, b, i, o, z, u, costs, False, r) < best_cost:
-                best = BLOCK
-        return best
+        if not can_block:
+            return GATHER if fits else CSR
+        if fits:  # ties to gather, the earlier
+            return BLOCK if _cost(BLOCK, b, i, o, z, u, costs, False, r) < _cost(GATHER, b, i, o, z, u, costs, True) \
+                else GATHER
+        return BLOCK if _cost(BLOCK, b, i, o, z, u, costs, False, r) <= _cost(CSR, b, i, o, z, u, costs) else CSR
     best = GATHER
     best_cost = _cost(GATHER, b, i, o, z, u, costs)
     for code in (BLOCK, CSR, UNION, DENSE):

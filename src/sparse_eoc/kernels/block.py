@@ -6,18 +6,26 @@ weights ``wt`` = W^T (N_in, N_out) float32 row-major.
 The row kernels there read a weight once for every multiply-add (each example adds its own
 rows), so a small batch runs at the rate weights come from L1/L2 (13-26 G multiply-adds/s
 on one core here) however many examples share a row. This kernel reads each weight once per
-group of up to eight examples: for every 16 output columns it keeps the eight examples'
-sums in eight 16-float vector registers, and for each row j of the group's union U loads
-W^T[j, c:c+16] once and adds it, times each example's a[e, j] (broadcast), into each sum
-with a fused multiply-add. It does |U| x 8 multiply-adds per output column, zeros included
-(an example's a[e, j] is often 0 for a row of the union), at the rate of the vector unit.
+group of examples. A group of ``lanes`` = 8 examples (a smaller last group runs as 1, 2 or 4:
+:func:`group_lanes`) keeps 8 sums of 16 floats in vector registers, lanes examples x 8 / lanes
+vectors of 16 columns; for each row j of the group's union U it loads those columns of
+W^T[j] once and adds them, times each example's a[e, j] (broadcast), into that example's sums
+with fused multiply-adds. It does lanes x |U| multiply-adds per output column, zeros included
+(an example's a[e, j] is often 0 for a row of the union), at the rate of the vector unit
+(37-42 G/s on one core here with the weights in cache).
 
-LLVM IR through numba intrinsics (numba has no vector types): one loop over the union rows,
-the eight sums as vector phi nodes, ``llvm.fma.v16f32``; compiled for the host CPU like every
+The union's rows go in chunks (:data:`CHUNK_BYTES`): every column tile runs over a chunk before
+the next chunk starts, so the weights stream from memory a few rows at a time, which the
+hardware prefetcher follows; a chunk after the first restarts each sum from y.
+
+LLVM IR through numba intrinsics (numba has no vector types): one loop over the rows of a
+chunk, the sums as vector phi nodes, ``llvm.fma.v16f32``; compiled for the host CPU like every
 numba kernel, so it runs wherever numba does (AVX-512 here; LLVM splits the 16-float vectors
-on narrower units). Every output column gets the same arithmetic whatever the tiling: its
-sum starts from the bias and adds the rows in the order of U, one fused multiply-add each,
-so the result does not depend on the column tiles or the thread count.
+on narrower units). Every output column gets the same arithmetic whatever the tiling and the
+chunks: its sum starts from the bias and adds the rows of U in order, one fused multiply-add
+each. A row of U that an example does not use adds an exact 0 (a[e, j] = 0, finite weights),
+so an example's result does not depend on which group it is in either, up to the sign of a
+zero (fma(0, w, -0.0) is +0.0: a -0.0 bias stays -0.0 only where no row was added).
 """
 
 from __future__ import annotations
@@ -55,9 +63,13 @@ CHUNK_MIN, CHUNK_MAX = 8, 32
 _PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
 
 
-def _float32_c(arr, name):
-    if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1 and arr.layout == "C"):
-        raise errors.TypingError(f"block tile: {name} must be a contiguous 1-D float32 array, got {arr}")
+def _check_arrays(yf, wf, rows, p, bias):
+    """A typing error unless yf, wf, p, bias are contiguous 1-D float32 and rows contiguous 1-D int64
+    (the kernel reads them through their data pointers)."""
+    for arr, name, dtype in ((yf, "yf", types.float32), (wf, "wf", types.float32), (p, "p", types.float32),
+                             (bias, "bias", types.float32), (rows, "rows", types.int64)):
+        if not (isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1 and arr.layout == "C"):
+            raise errors.TypingError(f"block tile: {name} must be a contiguous 1-D {dtype} array, got {arr}")
 
 
 def _tile_kernel(lanes, vectors):
@@ -65,36 +77,41 @@ def _tile_kernel(lanes, vectors):
     (lanes x vectors sums in registers, at most 8)."""
 
     @intrinsic
-    def tile(typingctx, yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from):
-        """One tile of 16 ``vectors`` output columns of a group: for e < n_ex (<= lanes), T = 16 vectors,
-        yf[yoff + e ldy + c0 : +T] = bias[c0:c0+T] + sum_{k < nrows} p[lanes k + e] wf[rows[k] n_out + c0 : +T],
-        k ascending, one fused multiply-add per term. yf, wf, p, bias: contiguous 1-D float32 (anything
-        else is a typing error); the other arguments int64. ``ahead`` > 0: each row's weight load
-        also prefetches the line ``ahead`` floats past the tile. Every range read or written must lie
-        inside its array (unchecked)."""
-        for arr, name in ((yf, "yf"), (wf, "wf"), (p, "p"), (bias, "bias")):
-            _float32_c(arr, name)
+    def tile(typingctx, yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi):
+        """One tile of T = 16 ``vectors`` output columns of a group: for e < n_ex (<= lanes), with
+        Y = yf[yoff + e n_out + c0 : +T],
+        Y = S + sum_{k0 <= k < k1} p[lanes k + e] wf[rows[k] n_out + c0 : +T], k ascending, one fused
+        multiply-add per term, S = Y (``from_y`` != 0) or bias[c0:c0+T]; only columns lo <= i < hi
+        of the tile are written (0 and T: all). yf, wf, p, bias: contiguous 1-D float32, rows
+        contiguous 1-D int64 (anything else is a typing error); the other arguments int64. Every
+        range read or written must lie inside its array (unchecked). Each row's weight load also
+        prefetches the line PREFETCH_COLUMNS floats past the tile (hints never fault)."""
+        _check_arrays(yf, wf, rows, p, bias)
         i64t = types.int64
-        sig = types.void(yf, i64t, i64t, wf, i64t, rows, i64t, i64t, p, bias, i64t, i64t, i64t, i64t, i64t)
+        sig = types.void(yf, i64t, wf, i64t, rows, i64t, i64t, p, bias, i64t, i64t, i64t, i64t, i64t)
 
         def codegen(context, builder, signature, args):
             i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
-            v16, i8p = ir.VectorType(f32, 16), ir.IntType(8).as_pointer()
+            v16, i8p, vi16 = ir.VectorType(f32, 16), ir.IntType(8).as_pointer(), ir.VectorType(i32, 16)
             y_d, w_d, rows_d, p_d, bias_d = (context.make_array(signature.args[i])(context, builder, args[i]).data
-                                             for i in (0, 3, 5, 8, 9))
-            yoff, ldy, n_out, k0, k1, c0, n_ex, ahead, from_y, keep_from = (
-                args[i] for i in (1, 2, 4, 6, 7, 10, 11, 12, 13, 14))
+                                             for i in (0, 2, 4, 7, 8))
+            yoff, n_out, k0, k1, c0, n_ex, from_y, lo, hi = (args[i] for i in (1, 3, 5, 6, 9, 10, 11, 12, 13))
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
                                                  "llvm.fma.v16f32")
             prefetch = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH_NAME)
-            splat_mask = ir.Constant(ir.VectorType(i32, 16), None)  # all lanes from lane 0
+            splat_mask = ir.Constant(vi16, None)  # every lane from lane 0
 
             def vptr(base, offset):
                 return builder.bitcast(builder.gep(base, [offset]), v16.as_pointer())
 
             def y_at(e, v):
-                return vptr(y_d, builder.add(yoff, builder.add(builder.mul(ldy, i64(e)), builder.add(c0, i64(16 * v)))))
+                return vptr(y_d, builder.add(yoff, builder.add(builder.mul(n_out, i64(e)),
+                                                               builder.add(c0, i64(16 * v)))))
+
+            def splat(value, vector_type):
+                one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, i32(0))
+                return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), splat_mask)
 
             bias_v = [builder.load(vptr(bias_d, builder.add(c0, i64(16 * v))), align=4) for v in range(vectors)]
             use_y = builder.icmp_signed("!=", from_y, i64(0))
@@ -123,25 +140,22 @@ def _tile_kernel(lanes, vectors):
             for e in range(lanes):
                 row_sums = []
                 for v in range(vectors):
-                    s = builder.phi(v16)
-                    s.add_incoming(starts[e][v], entry)
-                    row_sums.append(s)
+                    phi = builder.phi(v16)
+                    phi.add_incoming(starts[e][v], entry)
+                    row_sums.append(phi)
                 sums.append(row_sums)
             builder.cbranch(builder.icmp_signed("<", k, k1), body, done)
             builder.position_at_end(body)
             w_at = builder.add(builder.mul(builder.load(builder.gep(rows_d, [k])), n_out), c0)
             # W^T[rows[k], c0:c0+T], read once for the group
             ws = [builder.load(vptr(w_d, builder.add(w_at, i64(16 * v))), align=4) for v in range(vectors)]
-            with builder.if_then(builder.icmp_signed(">", ahead, i64(0)), likely=True):
-                target = builder.gep(w_d, [builder.add(w_at, builder.add(ahead, i64(16 * (vectors - 1))))])
-                builder.call(prefetch, [builder.bitcast(target, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
+            ahead = builder.gep(w_d, [builder.add(w_at, i64(PREFETCH_COLUMNS + 16 * (vectors - 1)))])
+            builder.call(prefetch, [builder.bitcast(ahead, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
             pk = builder.mul(k, i64(lanes))
             new = []
             for e in range(lanes):
-                pe = builder.load(builder.gep(p_d, [builder.add(pk, i64(e))]))
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, ir.Undefined), pe, i32(0)),
-                                               ir.Constant(v16, ir.Undefined), splat_mask)
-                new.append([builder.call(fma, [splat, ws[v], sums[e][v]]) for v in range(vectors)])
+                pe = splat(builder.load(builder.gep(p_d, [builder.add(pk, i64(e))])), v16)
+                new.append([builder.call(fma, [pe, ws[v], sums[e][v]]) for v in range(vectors)])
             latch = builder.basic_block
             k.add_incoming(builder.add(k, i64(1)), latch)
             for e in range(lanes):
@@ -149,20 +163,18 @@ def _tile_kernel(lanes, vectors):
                     sums[e][v].add_incoming(new[e][v], latch)
             builder.branch(head)
             builder.position_at_end(done)
-            iota = ir.Constant(ir.VectorType(i32, 16), list(range(16)))
-            keep = builder.trunc(keep_from, i32)
-            keep_v = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(ir.VectorType(i32, 16), ir.Undefined), keep, i32(0)),
-                ir.Constant(ir.VectorType(i32, 16), ir.Undefined), splat_mask)
-            write = builder.icmp_signed(">=", iota, keep_v)  # keep_from > 0 (a 16-column tile): lanes it writes
-            partial = builder.icmp_signed(">", keep_from, i64(0))
+            partial = builder.or_(builder.icmp_signed(">", lo, i64(0)), builder.icmp_signed("<", hi, i64(16 * vectors)))
             for e in range(lanes):
                 with builder.if_then(builder.icmp_signed(">", n_ex, i64(e))):
                     for v in range(vectors):
                         ptr = y_at(e, v)
                         with builder.if_else(partial) as (blend, whole):
-                            with blend:
-                                builder.store(builder.select(write, sums[e][v], builder.load(ptr, align=4)), ptr,
+                            with blend:  # keep Y outside columns lo..hi-1
+                                iota = ir.Constant(vi16, list(range(16 * v, 16 * v + 16)))
+                                inside = builder.and_(
+                                    builder.icmp_signed(">=", iota, splat(builder.trunc(lo, i32), vi16)),
+                                    builder.icmp_signed("<", iota, splat(builder.trunc(hi, i32), vi16)))
+                                builder.store(builder.select(inside, sums[e][v], builder.load(ptr, align=4)), ptr,
                                               align=4)
                             with whole:
                                 builder.store(sums[e][v], ptr, align=4)
@@ -179,29 +191,27 @@ _tail_1, _tail_2, _tail_4, _tail_8 = (_tile_kernel(n, 1) for n in LANES)
 
 
 @njit(inline="always")
-def _tile(lanes, yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from):
-    """The whole tile of ``lanes`` (1, 2, 4 or 8): 16 GROUP / lanes columns from c0."""
+def _tile(lanes, whole, yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi):
+    """The tile of ``lanes`` (1, 2, 4 or 8) from column c0: 16 GROUP / lanes columns (``whole``) or 16."""
     if lanes == 8:
-        _tile_8(yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from)
+        if whole:
+            _tile_8(yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi)
+        else:
+            _tail_8(yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi)
     elif lanes == 4:
-        _tile_4(yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from)
+        if whole:
+            _tile_4(yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi)
+        else:
+            _tail_4(yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi)
     elif lanes == 2:
-        _tile_2(yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from)
+        if whole:
+            _tile_2(yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi)
+        else:
+            _tail_2(yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi)
+    elif whole:
+        _tile_1(yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi)
     else:
-        _tile_1(yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from)
-
-
-@njit(inline="always")
-def _tail(lanes, yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from):
-    """The 16-column tile of ``lanes`` from c0."""
-    if lanes == 8:
-        _tail_8(yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from)
-    elif lanes == 4:
-        _tail_4(yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from)
-    elif lanes == 2:
-        _tail_2(yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from)
-    else:
-        _tail_1(yf, yoff, ldy, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, ahead, from_y, keep_from)
+        _tail_1(yf, yoff, wf, n_out, rows, k0, k1, p, bias, c0, n_ex, from_y, lo, hi)
 
 
 @njit(cache=True)
@@ -260,12 +270,12 @@ def block_rows(y, bias, wt, g0, n_ex, lanes, rows, nrows, p, c0, c1, chunk_rows=
     y (B, N_out) and wt (N_in, N_out): C-contiguous float32, 0 <= c0 <= c1 <= N_out. The rows go
     in chunks of ``chunk_rows`` (0: the CHUNK_BYTES rule); each chunk runs every column tile: tiles
     of 16 GROUP / lanes columns (``lanes`` x that many sums in registers), then tiles of 16; where
-    c1 - c0 is not a multiple of 16, the last tile is the 16 columns ending at c1 and writes only
-    its columns from c0 on (it reads and writes back the others: not for column ranges that
-    other threads write at the same time). A chunk after the first starts each sum from y. The
-    sums, and so the bits, are the same whatever the chunks and the column ranges. Narrower than
-    16 columns in all (N_out < 16, e.g. a readout of 10 classes): the same sums, one column at a
-    time (unfused multiply-adds).
+    c1 - c0 is not a multiple of 16, the last tile is the 16 columns that end at c1 (or start at
+    0) and writes only its columns in c0..c1-1 (it reads the others and writes them back: not
+    for column ranges that other threads write at the same time). A chunk after the first starts
+    each sum from y. The sums, and so the bits, are the same whatever the chunks and the column
+    ranges. Narrower than 16 columns in all (N_out < 16, e.g. a readout of 10 classes): the same
+    sums, one column at a time (unfused multiply-adds).
     """
     n_out = wt.shape[1]
     if n_out < BLOCK_COLUMNS:
@@ -282,17 +292,16 @@ def block_rows(y, bias, wt, g0, n_ex, lanes, rows, nrows, p, c0, c1, chunk_rows=
     yoff = g0 * n_out
     width = BLOCK_COLUMNS * (GROUP // lanes)
     chunk = chunk_rows if chunk_rows > 0 else min(CHUNK_MAX, max(CHUNK_MIN, CHUNK_BYTES // (4 * (c1 - c0))))
-    for k0 in range(0, max(nrows, 1), max(chunk, 1)):
+    for k0 in range(0, max(nrows, 1), chunk):
         k1 = min(k0 + chunk, nrows)
         from_y = 1 if k0 > 0 else 0
         c = c0
         while c + width <= c1:
-            _tile(lanes, yf, yoff, n_out, wf, n_out, rows, k0, k1, p, bias, c, n_ex, PREFETCH_COLUMNS, from_y, 0)
+            _tile(lanes, True, yf, yoff, wf, n_out, rows, k0, k1, p, bias, c, n_ex, from_y, 0, width)
             c += width
         while c + BLOCK_COLUMNS <= c1:
-            _tail(lanes, yf, yoff, n_out, wf, n_out, rows, k0, k1, p, bias, c, n_ex, PREFETCH_COLUMNS, from_y, 0)
+            _tile(lanes, False, yf, yoff, wf, n_out, rows, k0, k1, p, bias, c, n_ex, from_y, 0, BLOCK_COLUMNS)
             c += BLOCK_COLUMNS
-        if c < c1:
+        if c < c1:  # the 16 columns that end at c1 (or start at 0), writing c..c1-1 only
             last = max(0, c1 - BLOCK_COLUMNS)
-            _tail(lanes, yf, yoff, n_out, wf, n_out, rows, k0, k1, p, bias, last, n_ex, PREFETCH_COLUMNS, from_y,
-                  c - last)
+            _tile(lanes, False, yf, yoff, wf, n_out, rows, k0, k1, p, bias, last, n_ex, from_y, c - last, c1 - last)
