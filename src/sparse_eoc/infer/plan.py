@@ -51,7 +51,7 @@ import numpy as np
 from sparse_eoc.activations import get_activation
 
 __all__ = ["STRATEGIES", "STRATEGY_CHOICES", "SMALL_BATCH", "AUTO", "DENSE", "GATHER", "UNION", "CSR", "BLOCK",
-           "BLOCK_GROUP", "BLOCK_MIN_COLUMNS", "CostModel", "block_lanes",
+           "BLOCK_GROUP", "BLOCK_MARGIN", "BLOCK_MIN_COLUMNS", "CostModel", "block_lanes",
            "choose_strategy", "strategy_code", "ACT_ONE_SIDED", "ACT_TWO_SIDED", "ACT_IDENTITY",
            "layer_activations", "flop_reduction"]
 
@@ -62,6 +62,11 @@ DENSE, GATHER, UNION, CSR, BLOCK = range(len(STRATEGIES))
 BLOCK_GROUP = 8
 #: The narrowest layer (N_out) that ``auto`` gives ``block``: one 16-float vector per example.
 BLOCK_MIN_COLUMNS = 16
+#: Above SMALL_BATCH, ``auto`` gives ``block`` only where its predicted time is below this fraction
+#: of the best other strategy's: ``block_mac`` was calibrated on small batches, and at width 1024
+#: x 8, batch 64 (predicted 5 % apart from ``csr``) layers flipping between the two measured up to
+#: 1.4x slower than either alone (a ``csr`` layer after a ``block`` one lists its input again).
+BLOCK_MARGIN = 0.8
 AUTO = -1
 #: The largest batch that :func:`choose_strategy` gives ``gather``, ``block`` or ``dense`` only (``csr``
 #: for a layer larger than ``CostModel.llc_bytes``), and that the numba engine splits, given more threads,
@@ -249,7 +254,8 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs, group_rows=0):
         as cached, see :class:`CostModel`), else the cheaper of GATHER (CSR for a layer whose W^T
         exceeds ``llc_bytes``) and BLOCK. Per-example gathers measured faster than ``union``
         there, and than ``csr`` wherever the weights stay in cache. Larger batches: the cheapest
-        of all five. BLOCK needs N_out >= :data:`BLOCK_MIN_COLUMNS`.
+        of GATHER, CSR, UNION and DENSE, or BLOCK where it is predicted below
+        :data:`BLOCK_MARGIN` times that. BLOCK needs N_out >= :data:`BLOCK_MIN_COLUMNS`.
     """
     if batch == 1:
         return GATHER
@@ -269,10 +275,10 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs, group_rows=0):
         return BLOCK if _cost(BLOCK, b, i, o, z, u, costs, False, r) <= _cost(CSR, b, i, o, z, u, costs) else CSR
     best = GATHER
     best_cost = _cost(GATHER, b, i, o, z, u, costs)
-    for code in (BLOCK, CSR, UNION, DENSE):
-        if code == BLOCK and not can_block:
-            continue
-        cost = _cost(code, b, i, o, z, u, costs, False, r)
+    for code in (CSR, UNION, DENSE):
+        cost = _cost(code, b, i, o, z, u, costs)
         if cost < best_cost:
             best, best_cost = code, cost
+    if can_block and _cost(BLOCK, b, i, o, z, u, costs, False, r) < BLOCK_MARGIN * best_cost:
+        return BLOCK
     return best
