@@ -245,8 +245,8 @@ class SparseEngine:
         strategy: ``auto`` (per layer and call, from the measured sparsity, see
             :mod:`sparse_eoc.infer.plan`; ``gather`` at batch 1, ``gather``, ``block`` (``csr`` for
             a layer larger than the last-level cache) or ``dense`` up to ``SMALL_BATCH`` = 16
-            examples), ``dense``, ``gather``, ``union``, ``csr`` or ``block``; or a sequence of L + 1 of these, one per
-            layer. With numba, one thread runs the whole network as one fused kernel
+            examples), ``dense``, ``gather``, ``union``, ``csr`` or ``block``; or a sequence of
+            L + 1 of these, one per layer. With numba, one thread runs the whole network as one fused kernel
             (``sparse_eoc.infer.kernels.forward_fused``).
         threads: CPU threads of the numba kernels, >= 1. A batch of 2 or more examples is split
             into up to ``threads`` parts of consecutive examples, each part the fused kernel on
@@ -263,8 +263,7 @@ class SparseEngine:
             ``gather`` layer computes each example on its own, so always for
             ``strategy="gather"``; a ``block`` layer adds exact zeros (finite weights) for the rows of
             its group's union that an example does not need, so the grouping does not change the
-            bits, up to the sign of a zero; a
-            ``csr`` layer adds each example's rows in blocks that do not
+            bits, up to the sign of a zero; a ``csr`` layer adds each example's rows in blocks that do not
             depend on the batch size while B <= ``tile_bytes`` / (4 N_out), at the default 128
             examples at width 4096, see ``sparse_eoc.kernels.rows.csr_tiling``); a
             ``union`` or ``dense`` layer's BLAS product over part of the batch may add in another
@@ -571,12 +570,12 @@ class SparseEngine:
             nnz, in_union = int(nonzero.sum()), nonzero.any(axis=0)  # (N_in,)
             n_union = int(in_union.sum())
             s = int(self._codes[layer])
+            group_rows = []  # block: each group's measured union (kernels: _group_unions), if run or weighed
+            if s == BLOCK or (s == AUTO and batch > 1 and n_out >= BLOCK_MIN_COLUMNS):
+                group_rows = [np.flatnonzero(nonzero[g:g + BLOCK_GROUP].any(axis=0))
+                              for g in range(0, batch, BLOCK_GROUP)]
             if s == AUTO:
-                # the sum of the block groups' measured unions (kernels: _group_unions), where weighed
-                unions = 0
-                if batch > 1 and n_out >= BLOCK_MIN_COLUMNS:
-                    unions = sum(int(nonzero[g:g + BLOCK_GROUP].any(axis=0).sum()) for g in range(0, batch, BLOCK_GROUP))
-                s = choose_strategy(batch, n_in, n_out, nnz, n_union, self._costs, unions)
+                s = choose_strategy(batch, n_in, n_out, nnz, n_union, self._costs, sum(map(len, group_rows)))
             if not skip:
                 nonzero[:] = True
                 in_union[:] = True
@@ -597,8 +596,8 @@ class SparseEngine:
             elif s == BLOCK:  # groups of BLOCK_GROUP examples, each against its own union's rows
                 y = np.empty((batch, n_out), np.float32)
                 macs = 0
-                for g0 in range(0, batch, BLOCK_GROUP):
-                    rows = np.flatnonzero(nonzero[g0:g0 + BLOCK_GROUP].any(axis=0))  # the group's union
+                for g0, rows in zip(range(0, batch, BLOCK_GROUP), group_rows):
+                    rows = rows if skip else np.arange(n_in)  # the group's union; every row for dense-own
                     y[g0:g0 + BLOCK_GROUP] = a[g0:g0 + BLOCK_GROUP, rows] @ wt[rows]  # (G, |U_g|) @ (|U_g|, N_out)
                     macs += len(y[g0:g0 + BLOCK_GROUP]) * len(rows) * n_out
             else:

@@ -175,15 +175,20 @@ def _group_inputs(a, rows, sizes, p):
 
 @njit(cache=True)
 def _block_columns(y, bias, wt, rows, p, sizes, c0, c1):
-    """Columns c0:c1 of every group's ``block`` product (:func:`sparse_eoc.kernels.block.block_rows`);
-    returns the multiply-adds (examples x union rows x columns)."""
+    """Columns c0:c1 of every group's ``block`` product (:func:`sparse_eoc.kernels.block.block_rows`)."""
     batch = y.shape[0]
-    macs = 0
     for g in range(len(sizes)):
         g0 = g * GROUP
         n_ex = min(GROUP, batch - g0)
         block_rows(y, bias, wt, g0, n_ex, group_lanes(n_ex), rows[g], sizes[g], p[g], c0, c1)
-        macs += n_ex * sizes[g] * (c1 - c0)
+
+
+@njit(cache=True)
+def _block_macs(batch, sizes, n_out):
+    """The multiply-adds of a ``block`` layer: examples x their group's union x N_out, summed."""
+    macs = 0
+    for g in range(len(sizes)):
+        macs += min(GROUP, batch - g * GROUP) * sizes[g] * n_out
     return macs
 
 
@@ -267,9 +272,7 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
             for b in range(batch):
                 for c in range(c0, c1):
                     y[b, c] = _act(y[b, c], kind, tau, m)
-        macs = 0
-        for g in range(n_groups):
-            macs += min(GROUP, batch - g * GROUP) * sizes[g] * n_out
+        macs = _block_macs(batch, sizes, n_out)
     else:
         indptr, idx, vals = to_csr(a, counts, skip)
         y = np.empty((batch, n_out), np.float32)
@@ -369,9 +372,10 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
     nonzero, which a ``union`` or ``dense`` layer does not need). Each layer runs the same
     kernels in the same order as :func:`forward_serial` (``gather``: one column tile; ``csr``:
     ``csr_tiling`` with one tile per row of tiles; ``union``: :func:`union_tiles`; ``dense``: one
-    BLAS product; ``block``: groups of eight examples, the whole width), so the result and ``stats`` are bit-identical to ``forward_serial``'s with
-    ``ntiles`` = 1; against it, this path saves the per-layer count, list and allocation
-    (width 1024 x 8 at batch 64: 4.9 ms against 5.2-5.6).
+    BLAS product; ``block``: groups of eight examples, the whole width), so the result and
+    ``stats`` are bit-identical to ``forward_serial``'s with ``ntiles`` = 1; against it, this path
+    saves the per-layer count, list and allocation (width 1024 x 8 at batch 64: 4.9 ms against
+    5.2-5.6).
 
     ``stats`` (L + 1, 4) int64 gets (strategy, nnz, |union|, multiply-adds) per layer, as in
     ``_layer``; ``skip=False`` is the dense-own baseline (every row read). Compiled ``nogil``:
@@ -424,7 +428,8 @@ def forward_fused(x, offset, wts, biases, kinds, taus, ms, strategies, skip, cos
             if not skip:  # the dense-own baseline: every row
                 _group_unions(a, False, group_rows, group_sizes)
             _group_inputs(a, group_rows, group_sizes, group_p)
-            macs = _block_columns(y, bias, wt, group_rows, group_p, group_sizes, 0, n_out)
+            _block_columns(y, bias, wt, group_rows, group_p, group_sizes, 0, n_out)
+            macs = _block_macs(batch, group_sizes, n_out)
         else:
             if not listing:
                 _compact_csr(a, skip, indptr, idx, vals)
