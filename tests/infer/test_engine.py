@@ -1,6 +1,7 @@
 """The sparse engine equals the dense model (two implementations, one answer), for every activation,
 strategy, batch size and backend; its multiply-add counts are the ones the zeros allow."""
 
+import mmap
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from sparse_eoc.activations import ACTIVATIONS, get_activation
 from sparse_eoc.gp import solve_eoc
 from sparse_eoc.infer import STRATEGIES, STRATEGY_CHOICES, SparseEngine, near_kink, numba_available
 from sparse_eoc.infer.plan import GATHER as GATHER_CODE
-from sparse_eoc.infer.engine import _blas_on_caller
+from sparse_eoc.infer.engine import HUGE_PAGE_BYTES, _blas_on_caller, pack_weights
 from sparse_eoc.infer.plan import BLOCK_GROUP, SMALL_BATCH, CostModel, choose_strategy
 from sparse_eoc.nn import SparseCNN, SparseMLP
 from sparse_eoc.nn.build import init_from_point_
@@ -260,6 +261,53 @@ def test_per_layer_strategies():
     assert engine.last_strategies == tuple(per_layer)
 
 
+def _mapping_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds ``address`` (Linux /proc/self/smaps)."""
+    current = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:  # a mapping's first line: "start-end perms ..."
+                start, end = (int(part, 16) for part in head.split("-"))
+                current = start <= address < end
+            elif current and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_pack_weights_copies_each_array_to_its_own_aligned_slot_of_one_buffer():
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((1200, 1024)), rng.standard_normal((10, 7)).T, rng.standard_normal((3, 5))]
+    views, advised = pack_weights(arrays)  # float64 in: cast as astype(float32) casts
+    assert advised == hasattr(mmap, "MADV_HUGEPAGE")  # 4.9 MB >= HUGE_PAGE_MIN_BYTES
+    for view, a in zip(views, arrays):
+        assert view.dtype == np.float32 and view.flags.c_contiguous and view.shape == a.shape
+        assert view.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(view, a.astype(np.float32))
+    ends = [v.ctypes.data + v.nbytes for v in views]
+    assert [v.ctypes.data for v in views[1:]] == [(e + 63) // 64 * 64 for e in ends[:-1]]  # one after another
+    if advised:
+        assert views[0].ctypes.data % HUGE_PAGE_BYTES == 0
+        if sys.platform.startswith("linux"):
+            assert "hg" in _mapping_flags(views[0].ctypes.data)  # MADV_HUGEPAGE took (the kernel may still
+            assert "sh" not in _mapping_flags(views[0].ctypes.data)  # use small pages); private, not shmem
+    small, small_advised = pack_weights([np.ones((3, 4))])
+    assert not small_advised and small[0].ctypes.data % 64 == 0  # below HUGE_PAGE_MIN_BYTES: ordinary memory
+    assert not pack_weights(arrays, huge_pages=False)[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_pages_do_not_change_the_logits(backend):
+    model = eoc_mlp("crelu", depth=2, width=1024)  # 7.2 MB of weights
+    x = images(8, seed=5)
+    plain = SparseEngine.from_model(model, input_offset=BACKGROUND, backend=backend, huge_pages=False)
+    huge = SparseEngine.from_model(model, input_offset=BACKGROUND, backend=backend)
+    assert not plain.huge_pages_advised and huge.huge_pages_advised == hasattr(mmap, "MADV_HUGEPAGE")
+    for batch in (1, 8):
+        np.testing.assert_array_equal(huge(x[:batch]), plain(x[:batch]))
+    assert np.all(relative_error(huge(x), dense_logits(model, x)) <= RTOL)
+
+
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
 @pytest.mark.parametrize("batch", [1, 5, 64])
 def test_csr_tiles_and_row_blocks_do_not_change_the_logits(batch):
@@ -469,6 +517,7 @@ def test_small_batches_run_csr_where_the_weights_exceed_the_last_level_cache(bat
         (dict(threads=0), "threads must be an integer >= 1"),
         (dict(backend="gpu"), "backend must be one of auto, numba, numpy"),
         (dict(input_offset=np.zeros(3)), "input_offset must be a finite float or \\(784,\\)"),
+        (dict(huge_pages="yes"), "huge_pages must be True or False"),
     ],
 )
 def test_bad_options_raise_value_errors(kwargs, message):

@@ -35,7 +35,9 @@ dense_own_ms, sparse_ms``, ``speedup_vs_torch`` and ``speedup_vs_own`` (their ra
 network, summed over repeats), ``strategy`` (the sparse run's per-layer choices, e.g.
 ``gather:8,dense:1``), ``union_density`` (mean over the layers fed by hidden activations of
 the fraction of input units nonzero for at least one example of the batch), plus
-``measured_sparsity`` (zeros of those inputs), ``threads``, ``backend`` and ``cache``. With
+``measured_sparsity`` (zeros of those inputs), ``threads``, ``backend``, ``cache`` and
+``huge_pages`` (whether the engine's weights were advised for huge pages,
+:func:`sparse_eoc.infer.engine.pack_weights`). With
 the ``ort`` baseline also ``dense_ort_ms`` and ``speedup_vs_ort``; without the ``torch``
 baseline, no ``dense_torch_ms`` and ``speedup_vs_torch`` (:data:`BASELINE_KEYS`).
 
@@ -304,7 +306,7 @@ def run_benchmark(
     Returns:
         Rows with the keys of :data:`BENCH_KEYS` (less ``torch``'s when it is not among the
         baselines), those of the other baselines (:data:`BASELINE_KEYS`) and
-        ``measured_sparsity, threads, backend, cache``.
+        ``measured_sparsity, threads, backend, cache, huge_pages``.
 
     Raises:
         ValueError: bad sizes or options (named; :func:`check_baselines`), sizes that
@@ -357,8 +359,9 @@ def run_benchmark(
                                     ort_model=ort_model, torch_baseline="torch" in baselines, threads=threads)
                     row = {"width": width, "depth": layers, "batch": batch, "sparsity": s, **row,
                            "ideal": 1.0 / (1.0 - s), "threads": threads, "backend": engine.backend,
-                           "cache": cache}
-                    rows.append({k: row[k] for k in (*keys, "measured_sparsity", "threads", "backend", "cache")})
+                           "cache": cache, "huge_pages": engine.huge_pages_advised}
+                    rows.append({k: row[k] for k in (*keys, "measured_sparsity", "threads", "backend", "cache",
+                                                     "huge_pages")})
                     if log is not None:
                         log(format_row(row))
                 del model, engine, ort_model
