@@ -4,6 +4,7 @@ strategy, batch size and backend; its multiply-add counts are the ones the zeros
 import mmap
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sparse_eoc.activations import ACTIVATIONS, get_activation
 from sparse_eoc.gp import solve_eoc
 from sparse_eoc.infer import STRATEGIES, STRATEGY_CHOICES, SparseEngine, near_kink, numba_available
 from sparse_eoc.infer.plan import GATHER as GATHER_CODE
+from sparse_eoc.infer import engine as engine_module
 from sparse_eoc.infer.engine import HUGE_PAGE_BYTES, _blas_on_caller, pack_weights
 from sparse_eoc.infer.plan import BLOCK_GROUP, SMALL_BATCH, CostModel, choose_strategy
 from sparse_eoc.nn import SparseCNN, SparseMLP
@@ -289,11 +291,26 @@ def test_pack_weights_copies_each_array_to_its_own_aligned_slot_of_one_buffer():
     if advised:
         assert views[0].ctypes.data % HUGE_PAGE_BYTES == 0
         if sys.platform.startswith("linux"):
-            assert "hg" in _mapping_flags(views[0].ctypes.data)  # MADV_HUGEPAGE took (the kernel may still
-            assert "sh" not in _mapping_flags(views[0].ctypes.data)  # use small pages); private, not shmem
+            for address in (views[0].ctypes.data, views[-1].ctypes.data + views[-1].nbytes - 1):  # all advised
+                assert "hg" in _mapping_flags(address)  # MADV_HUGEPAGE took (the kernel may still use small
+                assert "sh" not in _mapping_flags(address)  # pages); private, not shmem
     small, small_advised = pack_weights([np.ones((3, 4))])
     assert not small_advised and small[0].ctypes.data % 64 == 0  # below HUGE_PAGE_MIN_BYTES: ordinary memory
     assert not pack_weights(arrays, huge_pages=False)[1]
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="no MADV_HUGEPAGE on this platform")
+def test_pack_weights_falls_back_to_ordinary_memory_where_the_advice_is_refused(monkeypatch):
+    class Refusing(mmap.mmap):  # a kernel built without transparent huge pages: madvise fails with EINVAL
+        def madvise(self, *args):
+            raise OSError(22, "Invalid argument")
+
+    fake = types.SimpleNamespace(**{name: getattr(mmap, name) for name in dir(mmap) if name.isupper()}, mmap=Refusing)
+    monkeypatch.setattr(engine_module, "mmap", fake)
+    arrays = [np.arange(1100 * 1000, dtype=np.float64).reshape(1100, 1000)]  # 4.4 MB
+    views, advised = pack_weights(arrays)
+    assert not advised and views[0].ctypes.data % 64 == 0
+    np.testing.assert_array_equal(views[0], arrays[0].astype(np.float32))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

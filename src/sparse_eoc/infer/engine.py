@@ -153,7 +153,9 @@ def run_input_offset(config: dict, input_offset: Any, image_shape: Sequence[int]
 #: Weights that take fewer bytes than this stay in ordinary pages (``huge_pages`` of SparseEngine):
 #: they fit the TLB's reach of 4 KiB pages, and a 2 MiB page per small engine would waste memory.
 HUGE_PAGE_MIN_BYTES = 4 << 20
-HUGE_PAGE_BYTES = 2 << 20  # the x86-64 and arm64 (4 KiB base pages) transparent huge page
+#: The transparent huge page of x86-64 and of arm64 with 4 KiB base pages: the advised buffer's
+#: alignment and rounding (a kernel with another huge page size gets the same advice).
+HUGE_PAGE_BYTES = 2 << 20
 
 
 def pack_weights(arrays: Sequence[np.ndarray], *, huge_pages: bool = True) -> tuple[list[np.ndarray], bool]:
@@ -172,23 +174,32 @@ def pack_weights(arrays: Sequence[np.ndarray], *, huge_pages: bool = True) -> tu
 
     Returns:
         (views, advised): the copies, in order (views of the buffer, which they keep alive), and
-        True when ``madvise`` was called.
+        True when the buffer was advised for huge pages. Advised, it takes whole 2 MiB pages: at
+        most 2 MiB more than the arrays.
+
+    Raises:
+        Nothing of its own: where the mapping or the advice fails (``OSError``, e.g. a kernel
+        without transparent huge pages), it falls back to the NumPy buffer and returns False.
     """
     arrays = [np.asarray(a) for a in arrays]
     slots = [(a.size * 4 + 63) // 64 * 64 for a in arrays]  # bytes of each, to the next cache line
     total = sum(slots)
     advised = huge_pages and total >= HUGE_PAGE_MIN_BYTES and hasattr(mmap, "MADV_HUGEPAGE")
+    raw = None
     if advised:
         pages = (total + HUGE_PAGE_BYTES - 1) // HUGE_PAGE_BYTES
-        # Private: a shared anonymous mapping is shmem, which gets huge pages only where
-        # /sys/kernel/mm/transparent_hugepage/shmem_enabled allows (rarely). One page spare: the
-        # start is aligned below.
-        buffer = mmap.mmap(-1, (pages + 1) * HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        raw = np.frombuffer(buffer, np.uint8)
-        start = -raw.ctypes.data % HUGE_PAGE_BYTES
-        raw = raw[start:start + pages * HUGE_PAGE_BYTES]
-        buffer.madvise(mmap.MADV_HUGEPAGE, start, len(raw))  # before the copies below touch the pages
-    else:
+        try:
+            # Private: a shared anonymous mapping is shmem, which gets huge pages only where
+            # /sys/kernel/mm/transparent_hugepage/shmem_enabled allows (rarely). One page spare:
+            # the start is aligned below.
+            buffer = mmap.mmap(-1, (pages + 1) * HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            raw = np.frombuffer(buffer, np.uint8)
+            start = -raw.ctypes.data % HUGE_PAGE_BYTES
+            raw = raw[start:start + pages * HUGE_PAGE_BYTES]
+            buffer.madvise(mmap.MADV_HUGEPAGE, start, len(raw))  # before the copies below touch the pages
+        except OSError:  # a kernel built without transparent huge pages refuses the advice (EINVAL)
+            raw, advised = None, False
+    if raw is None:
         raw = np.empty(total + 64, np.uint8)
         raw = raw[-raw.ctypes.data % 64:]
     views, offset = [], 0

@@ -25,7 +25,7 @@ into L2, not L1 (``prefetcht1`` on x86): a hint for L1 holds one of the core's f
 buffers until its line arrives from memory, so with 16 rows of hints in flight the row adds'
 own loads queued behind them. The inference engine at batch 1, s = 0.85, weights from memory
 (the benchmark's warm protocol, interleaved in one process, 2026-12-01): width 300 x 100
-0.30 ms against 0.40-0.45 with L1 hints, 1024 x 8 0.20 against 0.23, 4096 x 8 3.45 against
+0.30 ms against 0.40-0.58 with L1 hints, 1024 x 8 0.20 against 0.23, 4096 x 8 3.45 against
 3.77; at batch 64 (``csr``) no change.
 """
 
