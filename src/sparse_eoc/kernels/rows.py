@@ -21,9 +21,9 @@ Weight rows are read in groups of four, and the rows ``PREFETCH_AHEAD`` further 
 prefetched meanwhile (a software prefetch hint): the hardware prefetcher follows a row once
 it has started, but cannot guess which row comes next, and a narrow layer's rows are short
 (1.2 KB at width 300), so without the hint every row begins with a cache miss. The hint fetches
-into L2, not L1 (``prefetcht1`` on x86): a hint for L1 holds one of the core's few L1 miss
-buffers until its line arrives from memory, so with 16 rows of hints in flight the row adds'
-own loads queued behind them. The inference engine at batch 1, s = 0.85, weights from memory
+into L2, not L1 (``prefetcht1`` on x86). The likely reason it pays: a hint for L1 holds one of
+the core's few L1 miss buffers until its line arrives from memory, so the row adds' own loads
+queued behind the hints in flight. The inference engine at batch 1, s = 0.85, weights from memory
 (the benchmark's warm protocol, interleaved in one process, 2026-12-01): width 300 x 100
 0.30 ms against 0.40-0.58 with L1 hints, 1024 x 8 0.20 against 0.23, 4096 x 8 3.45 against
 3.77; at batch 64 (``csr``) no change.
