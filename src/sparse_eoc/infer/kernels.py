@@ -222,11 +222,12 @@ def _layer(a, wt, bias, kind, tau, m, strategy, skip, costs, ntiles, tile_bytes,
     for j in range(n_in):
         n_union += mark[j]
     s = strategy
-    n_groups = (batch + GROUP - 1) // GROUP
+    weigh_block = s == BLOCK or (s == AUTO and batch > 1 and n_out >= BLOCK_MIN_COLUMNS)
+    n_groups = (batch + GROUP - 1) // GROUP if weigh_block else 0
     rows_g = np.empty((n_groups, n_in), np.int64)  # block: each group's union, sizes and inputs
     sizes = np.zeros(n_groups, np.int64)
     unions = 0  # the sum of the block groups' measured unions, where block is run or weighed
-    if s == BLOCK or (s == AUTO and batch > 1 and n_out >= BLOCK_MIN_COLUMNS):
+    if weigh_block:
         unions = _group_unions(a, True, rows_g, sizes)
     if s == AUTO:
         s = choose_strategy(batch, n_in, n_out, nnz, n_union, costs, unions)

@@ -265,14 +265,15 @@ def choose_strategy(batch, n_in, n_out, nnz, n_union, costs, group_rows=0):
         # The examples of a small batch read their rows one after another: a row another
         # example shares was read moments before and comes from cache.
         fits = 4.0 * i * o <= costs[7]  # W^T within the last-level cache
-        if _cost(DENSE, b, i, o, z, u, costs) < _cost(GATHER, b, i, o, z, u, costs, True):
+        gather_cost = _cost(GATHER, b, i, o, z, u, costs, True)
+        if _cost(DENSE, b, i, o, z, u, costs) < gather_cost:
             return DENSE
         if not can_block:
             return GATHER if fits else CSR
+        block_cost = _cost(BLOCK, b, i, o, z, u, costs, False, r)
         if fits:  # ties to gather, the earlier
-            return BLOCK if _cost(BLOCK, b, i, o, z, u, costs, False, r) < _cost(GATHER, b, i, o, z, u, costs, True) \
-                else GATHER
-        return BLOCK if _cost(BLOCK, b, i, o, z, u, costs, False, r) <= _cost(CSR, b, i, o, z, u, costs) else CSR
+            return BLOCK if block_cost < gather_cost else GATHER
+        return BLOCK if block_cost <= _cost(CSR, b, i, o, z, u, costs) else CSR
     best = GATHER
     best_cost = _cost(GATHER, b, i, o, z, u, costs)
     for code in (CSR, UNION, DENSE):
